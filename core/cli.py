@@ -1,0 +1,181 @@
+"""Command line: train | evaluate | predict | inspect | bench. JSON out; one-line reason and exit 1 on bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from core import StudioError
+
+EXIT_BAD_INPUT = 1
+EXIT_NOT_TRAINABLE = 2
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _load_augmentation(value: str) -> Any:
+    """A preset name, a JSON file, or inline JSON."""
+    if value.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as err:
+            raise StudioError(f"--augmentation: inline JSON is invalid ({err.msg}).") from None
+    if value.endswith(".json") or Path(value).is_file():
+        path = Path(value)
+        if not path.is_file():
+            raise StudioError(f"--augmentation: file {path} not found.")
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise StudioError(f"{path}: invalid JSON ({err.msg} at line {err.lineno}).") from None
+    return value
+
+
+TRAIN_FLAGS = {  # flag -> (config key, type)
+    "data": str, "backbone": str, "image_size": int, "batch_size": int, "head_epochs": int,
+    "finetune_epochs": int, "head_lr": float, "finetune_lr": float, "seed": int, "val_fraction": float,
+    "test_fraction": float, "unfreeze_stages": int, "label_smoothing": float, "dropout": float,
+    "head_mode": str, "early_stopping_patience": int, "threads": int, "run_name": str,
+    "mixed_precision": str, "xla": str,
+}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from core.config import TrainConfig
+    from core.runs import RunDir
+
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(TrainConfig.from_file(args.config).to_dict())
+    for key in TRAIN_FLAGS:
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    if args.augmentation is not None:
+        values["augmentation"] = _load_augmentation(args.augmentation)
+    if args.weights is not None:
+        values["weights"] = None if args.weights.lower() in ("none", "random", "null") else args.weights
+    if args.no_class_weights:
+        values["class_weights"] = False
+    if args.no_tta:
+        values["tta"] = False
+    config = TrainConfig.from_dict(values)
+    from core.augment import resolve_spec
+
+    resolve_spec(config.augmentation)  # fail on a bad spec before anything is created
+    from core.train import run_training
+
+    run = RunDir(Path(args.models_dir or _models_dir()) / args.run_id) if args.run_id else None
+    if run is not None:
+        run.path.mkdir(parents=True, exist_ok=True)
+    run = run_training(config, run=run, models_dir=args.models_dir)
+    print(run.path)
+    return 0
+
+
+def _models_dir() -> Path:
+    from core.runs import default_models_dir
+
+    return default_models_dir()
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from core.evaluate import evaluate_run
+    from core.runs import RunDir
+
+    _print_json(evaluate_run(RunDir.open(args.run, args.models_dir), data=args.data, split=args.split))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from core.predict import Classifier
+    from core.runs import RunDir
+
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise StudioError(f"{missing[0]}: no such image file.")
+    results = Classifier(RunDir.open(args.run, args.models_dir)).classify_files(args.images, top_k=args.top_k)
+    _print_json(results)
+    return 0 if all("error" not in r for r in results) else EXIT_BAD_INPUT
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from core.datasets import scan
+
+    report = scan(args.data).report
+    _print_json(report.to_dict())
+    if not report.trainable:
+        print("error: " + " ".join(report.errors), file=sys.stderr)
+        return EXIT_NOT_TRAINABLE
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from core import bench
+
+    result = bench.run(args.what, args)
+    _print_json(result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="EfficientNet Studio from the command line.")
+    parser.add_argument("--models-dir", help="folder holding run folders (default: ./models or $STUDIO_MODELS_DIR)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="fine-tune a backbone on a labelled image folder; prints the run folder")
+    train.add_argument("--config", help="JSON config file (flags override its values)")
+    for key, kind in TRAIN_FLAGS.items():
+        train.add_argument("--" + key.replace("_", "-"), dest=key, type=kind)
+    train.add_argument("--augmentation", help="preset (none|light|seed), a JSON file, or inline JSON")
+    train.add_argument("--weights", help="imagenet (default) or none for random initialisation")
+    train.add_argument("--no-class-weights", action="store_true", help="do not weight classes by frequency")
+    train.add_argument("--no-tta", action="store_true", help="no mirrored test-time augmentation")
+    train.add_argument("--run-id", help="write into models/<run-id> (used by the app)")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a run; prints JSON and writes evaluation.json")
+    evaluate.add_argument("run", help="run folder or run id")
+    evaluate.add_argument("--data", help="evaluate on every image of this folder instead of the run's split")
+    evaluate.add_argument("--split", choices=["train", "val", "test"], help="which saved split (default test, else val)")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="classify images with a run; prints JSON top-k per image")
+    predict.add_argument("run")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.set_defaults(func=cmd_predict)
+
+    inspect = sub.add_parser("inspect", help="report a dataset folder as JSON; exit 2 if it can't be trained on")
+    inspect.add_argument("data")
+    inspect.set_defaults(func=cmd_inspect)
+
+    bench = sub.add_parser("bench", help="measure throughput: loader | train | recipe")
+    bench.add_argument("what", choices=["loader", "train", "recipe"])
+    bench.add_argument("--data", default=None)
+    bench.add_argument("--image-size", type=int, default=224)
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--backbone", default="efficientnet_b0")
+    bench.add_argument("--weights", default="none", help="imagenet or none (throughput does not depend on it)")
+    bench.add_argument("--epochs", type=int, default=2, help="loader: passes over the data per contender")
+    bench.add_argument("--steps", type=int, default=8, help="train: timed steps per measurement")
+    bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="recipe: seeds to average over")
+    bench.add_argument("--augmentation", default="seed")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except StudioError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

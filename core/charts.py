@@ -1,0 +1,125 @@
+"""Plotly figure builders. Numbers come from core (metrics, runs); these only turn them into figures."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+TRAIN_COLOUR, VAL_COLOUR, ACCENT = "#1f77b4", "#ff7f0e", "#2ca02c"
+SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
+_LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2), height=320)
+
+
+# ----------------------------------------------------------------------------------------- numbers
+def epoch_rows(metrics: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The epoch lines of metrics.jsonl, in order (step and feature lines dropped)."""
+    return [m for m in metrics if m.get("kind") == "epoch"]
+
+
+def phase_starts(epochs: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+    """(global epoch, phase) where each phase begins, to mark the switch to fine-tuning on curves."""
+    starts, previous = [], None
+    for row in epochs:
+        if row.get("phase") != previous:
+            starts.append((int(row["epoch"]), str(row.get("phase"))))
+            previous = row.get("phase")
+    return starts
+
+
+def normalise_rows(matrix: np.ndarray) -> np.ndarray:
+    """Each row divided by its total (recall per true class); empty rows stay 0."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+
+
+def best_epoch(epochs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The epoch with the lowest validation loss (the one whose model is kept)."""
+    scored = [e for e in epochs if e.get("val_loss") is not None and np.isfinite(e["val_loss"])]
+    return min(scored, key=lambda e: e["val_loss"]) if scored else None
+
+
+# ----------------------------------------------------------------------------------------- figures
+def class_counts_figure(counts: dict[str, dict[str, int]]) -> go.Figure:
+    """Images per class as stacked bars, one colour per split."""
+    classes = list(counts)
+    fig = go.Figure()
+    for split, colour in SPLIT_COLOURS.items():
+        values = [counts[c].get(split, 0) for c in classes]
+        if any(values):
+            fig.add_bar(name=split, x=classes, y=values, marker_color=colour)
+    fig.update_layout(barmode="stack", title="Images per class", yaxis_title="images", **_LAYOUT)
+    return fig
+
+
+def curve_figure(epochs: Sequence[dict[str, Any]], metric: str, title: str) -> go.Figure:
+    """Train and validation values of `metric` ('loss' or 'accuracy') per epoch, phases marked."""
+    fig = go.Figure()
+    x = [e["epoch"] for e in epochs]
+    for key, name, colour in ((metric, "train", TRAIN_COLOUR), (f"val_{metric}", "validation", VAL_COLOUR)):
+        y = [e.get(key) for e in epochs]
+        if any(v is not None for v in y):
+            fig.add_scatter(x=x, y=y, name=name, mode="lines+markers", line=dict(color=colour))
+    _mark_phases(fig, epochs)
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=metric, **_LAYOUT)
+    if metric == "accuracy":
+        fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    return fig
+
+
+def learning_rate_figure(epochs: Sequence[dict[str, Any]]) -> go.Figure:
+    """The learning rate per epoch on a log axis (drops show ReduceLROnPlateau and the fine-tune switch)."""
+    fig = go.Figure()
+    fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e.get("lr") for e in epochs], name="learning rate",
+                    mode="lines+markers", line=dict(color=ACCENT, shape="hv"))
+    _mark_phases(fig, epochs)
+    fig.update_layout(title="Learning rate", xaxis_title="epoch", **_LAYOUT)
+    fig.update_yaxes(type="log", exponentformat="power")
+    return fig
+
+
+def _mark_phases(fig: go.Figure, epochs: Sequence[dict[str, Any]]) -> None:
+    """A dotted line where fine-tuning begins."""
+    for epoch, phase in phase_starts(epochs)[1:]:
+        fig.add_vline(x=epoch - 0.5, line_dash="dot", line_color="grey",
+                      annotation_text=phase.replace("finetune", "fine-tune"), annotation_position="top left")
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], normalised: bool) -> go.Figure:
+    """The confusion matrix as a heatmap (rows true, columns predicted), counts or row-normalised."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    values = normalise_rows(counts) if normalised else counts
+    text = [[f"{v:.0%}" if normalised else str(int(v)) for v in row] for row in values]
+    fig = go.Figure(go.Heatmap(z=values, x=list(classes), y=list(classes), text=text, texttemplate="%{text}",
+                               colorscale="Blues", zmin=0, zmax=1 if normalised else None,
+                               hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>"))
+    fig.update_layout(title="Confusion matrix" + (" (share of each true class)" if normalised else " (counts)"),
+                      xaxis_title="predicted", yaxis_title="true", height=max(320, 60 * len(classes) + 120),
+                      margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def top_k_figure(top_k: Sequence[dict[str, Any]], height: int = 220) -> go.Figure:
+    """Horizontal bars of the top-k class probabilities, the most likely on top."""
+    fig = go.Figure(go.Bar(x=[t["probability"] for t in top_k], y=[t["class"] for t in top_k], orientation="h",
+                           text=[f"{t['probability']:.1%}" for t in top_k], textposition="auto",
+                           marker_color=[ACCENT] + [TRAIN_COLOUR] * (len(top_k) - 1)))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), xaxis=dict(range=[0, 1], tickformat=".0%"))
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def compare_figure(curves: dict[str, Sequence[dict[str, Any]]], metric: str = "val_accuracy") -> go.Figure:
+    """One line per run of a validation metric, to compare runs."""
+    fig = go.Figure()
+    for name, epochs in curves.items():
+        fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e.get(metric) for e in epochs], name=name,
+                        mode="lines+markers")
+    label = metric.replace("val_", "validation ").replace("_", " ")
+    fig.update_layout(title=f"{label.capitalize()} per epoch", xaxis_title="epoch", yaxis_title=label, **_LAYOUT)
+    if metric.endswith("accuracy"):
+        fig.update_yaxes(tickformat=".0%")
+    return fig

@@ -1,0 +1,73 @@
+"""Shared fixtures: real images from ../shared/data, tiny generated datasets, isolated run folders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FLOWERS = Path(os.environ.get("STUDIO_SAMPLE_DIR", REPO.parent / "shared" / "data" / "flowers-mini"))
+IN_CI = os.environ.get("CI") == "true"
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip locally when something optional is missing; under CI=true a missing prerequisite is a failure."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required for this test but missing: {what}")
+    pytest.skip(f"missing: {what}")
+
+
+@pytest.fixture(scope="session")
+def flowers_dir() -> Path:
+    require((FLOWERS / "train").is_dir(), f"the flowers-mini dataset at {FLOWERS}")
+    return FLOWERS
+
+
+def flower_files(flowers: Path, cls: str, n: int, split: str = "train") -> list[Path]:
+    return sorted((flowers / split / cls).glob("*.jpg"))[:n]
+
+
+@pytest.fixture
+def small_dataset(tmp_path: Path, flowers_dir: Path) -> Path:
+    """3 classes x 6 real photos in class folders."""
+    root = tmp_path / "small"
+    for cls in ("daisy", "roses", "tulips"):
+        (root / cls).mkdir(parents=True)
+        for f in flower_files(flowers_dir, cls, 6):
+            shutil.copy(f, root / cls / f.name)
+    return root
+
+
+def write_png(path: Path, seed: int = 0, size: int = 32) -> Path:
+    """A small random RGB PNG (unique bytes per seed)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+    return path
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "models"
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(path))
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run `python -m core ...` from the repo root and capture its output."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)

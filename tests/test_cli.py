@@ -1,0 +1,205 @@
+"""End to end through `python -m core`: train, evaluate, predict, inspect, and every bad input named in issue 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, flower_files, require, run_cli
+from core.cli import main
+from core.runs import RunDir
+
+TINY = ["--image-size", "96", "--head-epochs", "1", "--finetune-epochs", "1", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, flowers_dir) -> Path:
+    """One real run: Lite0 with ImageNet weights, 1 epoch per phase, on flowers-mini at 96 px."""
+    models = tmp_path_factory.mktemp("models")
+    result = run_cli("--models-dir", str(models), "train", "--data", str(flowers_dir),
+                     "--backbone", "efficientnet_lite0", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_path = Path(result.stdout.strip().splitlines()[-1])
+    assert run_path.parent == models
+    return run_path
+
+
+def test_train_writes_every_artifact(trained_run: Path, flowers_dir: Path):
+    run = RunDir(trained_run)
+    for name in ("config.json", "status.json", "metrics.jsonl", "classes.json", "split.json", "model.keras",
+                 "evaluation.json"):
+        assert run.file(name).is_file(), name
+    assert run.read_status()["state"] == "succeeded"
+    assert run.read_classes() == sorted(p.name for p in (flowers_dir / "train").iterdir())
+    config = run.read_config()
+    assert config["backbone"] == "efficientnet_lite0" and config["resolved"]["image_size"] == 96
+    assert config["augmentation"][0]["name"] == "HorizontalFlip"  # the preset is saved expanded
+    assert config["versions"]["keras"].startswith("3.")
+    kinds = {(m["kind"], m["phase"]) for m in run.read_metrics()}
+    assert {("epoch", "head"), ("epoch", "finetune"), ("step", "finetune")} <= kinds
+    epoch = next(m for m in run.read_metrics() if m["kind"] == "epoch" and m["phase"] == "finetune")
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s"} <= set(epoch)
+
+
+def test_evaluation_is_consistent_with_the_split(trained_run: Path):
+    run = RunDir(trained_run)
+    evaluation = run.read_evaluation()
+    split = run.read_split()
+    matrix = np.array(evaluation["confusion_matrix"])
+    assert matrix.shape == (5, 5) and matrix.sum() == len(split["val"]) == 80
+    assert matrix.sum(axis=1).tolist() == [row["support"] for row in evaluation["per_class"]] == [16] * 5
+    assert evaluation["accuracy"] == pytest.approx(np.trace(matrix) / 80)
+    # pretrained features: even one epoch per phase at 96 px is far above chance (20%)
+    assert evaluation["accuracy"] > 0.5
+    assert 0.5 < evaluation["macro_auc"] <= 1.0
+    for mistake in evaluation["mistakes"]:
+        assert (Path(split["root"]) / mistake["path"]).is_file() and mistake["true"] != mistake["predicted"]
+
+
+def test_evaluate_cli_reproduces_the_stored_evaluation(trained_run: Path):
+    stored = RunDir(trained_run).read_evaluation()
+    result = run_cli("evaluate", str(trained_run))
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = json.loads(result.stdout)
+    assert printed["confusion_matrix"] == stored["confusion_matrix"]
+    assert printed["accuracy"] == pytest.approx(stored["accuracy"])
+
+
+def test_predict_cli_top_k_per_image(trained_run: Path, flowers_dir: Path):
+    images = [str(p) for p in flower_files(flowers_dir, "sunflowers", 2, split="val")]
+    result = run_cli("predict", str(trained_run), *images, "--top-k", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    assert [r["path"] for r in out] == images
+    for row in out:
+        assert len(row["top_k"]) == 3 and row["predicted"] in RunDir(trained_run).read_classes()
+        probs = [c["probability"] for c in row["top_k"]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+
+
+def test_predict_corrupt_jpeg_is_named_and_fails(trained_run: Path, tmp_path: Path, flowers_dir: Path):
+    good = flower_files(flowers_dir, "roses", 1, split="val")[0]
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(good.read_bytes()[:300])
+    result = run_cli("predict", str(trained_run), str(good), str(corrupt))
+    assert result.returncode != 0
+    out = json.loads(result.stdout)
+    assert "top_k" in out[0] and "corrupt.jpg" in out[1]["error"]
+
+
+def test_inspect_prints_json_and_exit_code(flowers_dir: Path, tmp_path: Path):
+    ok = run_cli("inspect", str(flowers_dir))
+    assert ok.returncode == 0 and json.loads(ok.stdout)["trainable"] is True
+    one_class = tmp_path / "one"
+    (one_class / "daisy").mkdir(parents=True)
+    for f in flower_files(flowers_dir, "daisy", 2):
+        shutil.copy(f, one_class / "daisy")
+    bad = run_cli("inspect", str(one_class))
+    assert bad.returncode == 2 and "at least 2 classes" in bad.stderr
+    assert json.loads(bad.stdout)["trainable"] is False
+
+
+def _bad_dataset(kind: str, tmp_path: Path, flowers: Path) -> Path:
+    root = tmp_path / kind
+    for cls in ("daisy", "roses"):
+        (root / cls).mkdir(parents=True)
+        for f in flower_files(flowers, cls, 3):
+            shutil.copy(f, root / cls)
+    if kind == "one_class":
+        shutil.rmtree(root / "roses")
+    elif kind == "empty_class":
+        (root / "tulips").mkdir()
+    elif kind == "all_corrupt_class":  # a corrupt JPEG and a text file named .jpg are all the class has
+        (root / "tulips").mkdir()
+        (root / "tulips" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 50)
+        (root / "tulips" / "notes.jpg").write_text("just text")
+    return root
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("one_class", [], "at least 2 classes"),
+    ("empty_class", [], "Class 'tulips' has no usable image"),
+    ("all_corrupt_class", [], "Class 'tulips' has no usable image"),
+    ("missing_path", [], "no such folder"),
+    ("ok", ["--augmentation", '[{"name": "Rotate", "params": {"limt": 3}}]'], "unknown parameter 'limt'"),
+    ("ok", ["--augmentation", "heavy"], "Unknown augmentation preset 'heavy'"),
+    ("ok", ["--backbone", "efficientnet_b9"], "Unknown backbone 'efficientnet_b9'"),
+    ("ok", ["--batch-size", "0"], "batch_size must be at least 1"),
+])
+def test_bad_input_is_one_clear_line_and_leaves_no_run(case, args, message, tmp_path, flowers_dir, capsys):
+    # In-process (same code path as `python -m core`), so eight cases don't pay eight TensorFlow imports.
+    data = tmp_path / "does_not_exist" if case == "missing_path" else _bad_dataset(case, tmp_path, flowers_dir)
+    models = tmp_path / "models"
+    code = main(["--models-dir", str(models), "train", "--data", str(data), *TINY, *args])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert not models.exists() or not any(models.iterdir())
+
+
+def test_bad_config_file_key_suggests_the_right_one(tmp_path, flowers_dir, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"data": str(flowers_dir), "batchsize": 8}))
+    assert main(["train", "--config", str(config)]) == 1
+    assert "did you mean 'batch_size'" in capsys.readouterr().err
+
+
+def test_stop_request_keeps_a_usable_model(tmp_path, flowers_dir):
+    """A stop file present from the start: the trainer stops at its first batch, saves, and says 'stopped'."""
+    models = tmp_path / "models"
+    run = RunDir(models / "stop-me")
+    run.path.mkdir(parents=True)
+    run.request_stop()
+    result = run_cli("--models-dir", str(models), "train", "--data", str(flowers_dir), "--run-id", "stop-me",
+                     "--head-mode", "images", *TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert run.read_status()["state"] == "stopped" and run.has_model()
+    steps = [m for m in run.read_metrics() if m["kind"] == "step"]
+    assert not any(m["phase"] == "finetune" for m in run.read_metrics())
+    assert len(steps) <= 1
+    predicted = run_cli("predict", str(run.path), str(flower_files(flowers_dir, "daisy", 1)[0]))
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+
+
+def test_crash_leaves_failed_status_with_the_error(tmp_path, flowers_dir, monkeypatch):
+    import core.backbones
+    from core.config import TrainConfig
+    from core.train import run_training
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("simulated out-of-memory in the backbone")
+
+    monkeypatch.setattr(core.backbones, "create_backbone", explode)
+    config = TrainConfig(data=str(flowers_dir), image_size=64, head_epochs=1, finetune_epochs=0)
+    with pytest.raises(RuntimeError):
+        run_training(config, models_dir=tmp_path)
+    (run_path,) = list(tmp_path.iterdir())
+    status = RunDir(run_path).read_status()
+    assert status["state"] == "failed" and "simulated out-of-memory" in status["error"]
+    assert not RunDir(run_path).has_model()
+
+
+def test_jax_backend_trains_the_same_recipe(tmp_path, flowers_dir):
+    require(_importable("jax"), "the jax package (requirements-dev.txt)")
+    models = tmp_path / "models"
+    result = run_cli("--models-dir", str(models), "train", "--data", str(flowers_dir), *TINY,
+                     env={"KERAS_BACKEND": "jax"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = RunDir(Path(result.stdout.strip().splitlines()[-1]))
+    assert run.read_config()["versions"]["backend"] == "jax"
+    assert run.read_status()["state"] == "succeeded"
+    assert run.read_evaluation()["accuracy"] > 0.5
+    predicted = run_cli("predict", str(run.path), str(flower_files(flowers_dir, "tulips", 1)[0]),
+                        env={"KERAS_BACKEND": "jax"})
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None

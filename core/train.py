@@ -313,11 +313,16 @@ def _learning_rate(model) -> float | None:
         return None
 
 
-def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Path | None = None) -> RunDir:
-    """Validate, create the run folder, train, evaluate. Status ends as succeeded, stopped or failed."""
+def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Path | None = None,
+                 split: dict[str, list[Sample]] | None = None) -> RunDir:
+    """Validate, create the run folder, train, evaluate. Status ends as succeeded, stopped or failed.
+
+    `split` overrides the dataset's own split (the recipe benchmark holds out a fixed test set this way).
+    """
     config.validate()
     try:
-        dataset, split = prepare_dataset(config)
+        dataset, default_split = prepare_dataset(config)
+        split = split or default_split
     except StudioError as err:
         if run is not None:  # the UI made the folder already: record why it failed
             run.set_status("failed", error=str(err), finished=time.time())

@@ -1,0 +1,43 @@
+"""The benchmark commands run and report what they claim (no timing assertions: speed is measured, not tested)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from conftest import run_cli
+from core.recipes import REFERENCE_OVERRIDES, benchmark_split, default_config, reference_config
+
+
+def test_bench_loader_reports_both_contenders(small_dataset):
+    result = run_cli("bench", "loader", "--data", str(small_dataset), "--image-size", "64", "--epochs", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["images"] == 15  # 18 photos, 20% held out for validation
+    for key in ("baseline_images_per_s", "ours_images_per_s", "ours_warm_cache_images_per_s", "speedup"):
+        assert report[key] > 0
+    assert report["machine"]["cpu_cores"] >= 1
+
+
+def test_bench_needs_data():
+    result = run_cli("bench", "loader")
+    assert result.returncode == 1 and "needs --data" in result.stderr
+
+
+def test_benchmark_split_holds_out_the_val_folder_as_test(flowers_dir):
+    split = benchmark_split(str(flowers_dir), seed=0)
+    assert len(split["test"]) == 80 and all(s.path.startswith("val/") for s in split["test"])
+    assert all(s.path.startswith("train/") for s in split["train"] + split["val"])
+    assert Counter(s.label for s in split["val"]) == {i: 13 for i in range(5)}
+    assert len(split["train"]) == 320 - 65
+    other = benchmark_split(str(flowers_dir), seed=1)
+    assert {s.path for s in other["test"]} == {s.path for s in split["test"]}
+    assert {s.path for s in other["val"]} != {s.path for s in split["val"]}
+
+
+def test_reference_recipe_is_the_tutorial_recipe(flowers_dir):
+    reference = reference_config(str(flowers_dir), "efficientnet_lite0", 0)
+    assert (reference.head_epochs, reference.head_lr, reference.batch_size) == (2, 1e-2, 32)
+    assert reference.finetune_epochs == 0 and reference.augmentation == "none" and reference.dropout == 0.2
+    assert REFERENCE_OVERRIDES["tta"] is False
+    assert default_config(str(flowers_dir), "efficientnet_lite0", 0).head_mode == "features"

@@ -84,6 +84,8 @@ class Trainer:
         self.config, self.run = config, run
         self.stop_signalled = False
         self.best_val_loss = float("inf")
+        self.unsaved_best = False
+        self.save_each_improvement = True
         self.global_epoch = 0
         self.plan: dict[str, int] = {}
 
@@ -183,6 +185,7 @@ class Trainer:
             from core.loader import one_hot
 
             weights = self.sample_weights[train_y] if self.sample_weights is not None else None
+            self.save_each_improvement = False  # epochs take a fraction of a second; saving would dominate
             self._fit(head, PHASE_HEAD, self.config.head_epochs,
                       x=train_x, y=one_hot(train_y, len(data.classes)), sample_weight=weights,
                       validation_data=(val_x, one_hot(data.labels["val"], len(data.classes))),
@@ -221,13 +224,25 @@ class Trainer:
                                               patience=self.config.reduce_lr_patience, min_lr=1e-7),
         ]
         model.fit(epochs=epochs, callbacks=callbacks, verbose=0, **fit_args)
+        self.phase_ended()
+        self.save_each_improvement = True
 
     # ----------------------------------------------------------------------------- checkpoints
     def epoch_ended(self, val_loss: float | None) -> None:
-        """Keep the best model of the whole run (either phase) on disk."""
+        """Track the best model of the whole run (either phase); save it at once in slow phases, so a killed
+        trainer still leaves its best checkpoint, and at the phase end in the fast features phase."""
         if val_loss is not None and np.isfinite(val_loss) and val_loss < self.best_val_loss:
             self.best_val_loss = float(val_loss)
+            self.unsaved_best = True
+            if self.save_each_improvement:
+                self._save_model(self.model)
+                self.unsaved_best = False
+
+    def phase_ended(self) -> None:
+        """EarlyStopping has restored the phase's best weights; save them if they are the run's best."""
+        if self.unsaved_best:
             self._save_model(self.model)
+            self.unsaved_best = False
 
     def _save_model(self, model) -> None:
         """Save atomically: a reader never sees half a model.keras."""

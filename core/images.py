@@ -32,6 +32,8 @@ def decode_image(data: bytes, source: str = "image", target_size: int | None = N
         raise ImageError(f"{source}: the file is empty.")
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:  # Pillow's own guard, for headers far beyond ours
+        raise ImageError(f"{source}: the image is over the {MAX_IMAGE_PIXELS:,} pixel limit; resize it first.") from None
     except Exception as err:  # Pillow raises several types for "not an image"
         raise ImageError(f"{source}: not a readable image ({_short(err)}).") from None
     width, height = image.size

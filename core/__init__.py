@@ -8,6 +8,11 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # TensorFlow's C++ start-up chatter hides our own messages on the CLI.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# STUDIO_CPU_DEVICES must reach XLA before JAX starts, i.e. before anything imports keras.
+if int(os.environ.get("STUDIO_CPU_DEVICES", "0") or 0) > 1:
+    _flag = f"--xla_force_host_platform_device_count={os.environ['STUDIO_CPU_DEVICES']}"
+    if _flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 
 class StudioError(Exception):

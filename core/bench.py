@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -173,4 +174,11 @@ def _end_to_end(model, args: argparse.Namespace, compile_for) -> dict[str, Any]:
 def bench_recipe(args: argparse.Namespace) -> dict[str, Any]:
     from core.recipes import compare_recipes
 
-    return compare_recipes(args.data, seeds=args.seeds)
+    overrides = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:  # a bare word such as a preset name
+            overrides[key] = value
+    return compare_recipes(args.data, seeds=args.seeds, backbone=args.recipe_backbone, overrides=overrides)

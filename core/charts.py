@@ -51,6 +51,7 @@ def class_counts_figure(counts: dict[str, dict[str, int]]) -> go.Figure:
         if any(values):
             fig.add_bar(name=split, x=classes, y=values, marker_color=colour)
     fig.update_layout(barmode="stack", title="Images per class", yaxis_title="images", **_LAYOUT)
+    fig.update_layout(legend_traceorder="normal")
     return fig
 
 

@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=8, help="train: timed steps per measurement")
     bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="recipe: seeds to average over")
     bench.add_argument("--augmentation", default="seed")
+    bench.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="recipe: override a default setting for the measured variant (JSON values)")
+    bench.add_argument("--recipe-backbone", default="efficientnet_lite0", help="recipe: backbone for both recipes")
     bench.set_defaults(func=cmd_bench)
     return parser
 

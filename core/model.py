@@ -8,6 +8,24 @@ import numpy as np
 HEAD_LAYERS = ("head_pool", "head_bn", "head_dropout", "predictions")
 
 
+def with_mid_level_features(base: keras.Model) -> keras.Model:
+    """The base's final feature map concatenated with the previous stage's output where both share one grid.
+
+    Measured on flowers-mini (docs/benchmarks.md): pooled stage-6 features transfer better than the top features
+    alone (textures and colours matter more than ImageNet object parts), and together they beat either. Same
+    grid means GAP -> BatchNorm -> Dense stays linear per position, so the class-activation map stays exact.
+    Backbones with no such stage (EfficientNetV2) are returned unchanged.
+    """
+    top = base.output
+    stages = sorted({_stage(layer.name) for layer in base.layers if _stage(layer.name)})
+    for stage in reversed(stages[:-1]):
+        last = [layer for layer in base.layers if _stage(layer.name) == stage][-1]
+        if tuple(last.output.shape[1:3]) == tuple(top.shape[1:3]):
+            merged = keras.layers.Concatenate(name="multi_level_features")([last.output, top])
+            return keras.Model(base.input, merged, name=base.name)
+    return base
+
+
 def build_classifier(base: keras.Model, num_classes: int, dropout: float = 0.2) -> keras.Model:
     """GAP -> BatchNorm -> Dropout -> Dense(softmax) on top of `base` (the keras.io fine-tuning head).
 

@@ -23,18 +23,18 @@ def examples_per_class(dataset: Dataset, per_class: int = 6, seed: int = 0) -> d
 
 
 def thumbnail(path: Path | str, size: int = 160) -> np.ndarray | None:
-    """A square-fitted RGB thumbnail (longer side `size`), or None when the file cannot be read."""
+    """A square `size` x `size` thumbnail cropped from the centre (tidy grids), or None when unreadable."""
     import cv2
 
     try:
         image = read_image(path, target_size=size)
     except ImageError:
         return None
-    scale = size / max(image.shape[:2])
-    if scale < 1:
-        image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
-                           interpolation=cv2.INTER_AREA)
-    return image
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = image[top:top + side, left:left + side]
+    return cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
 
 
 def augmented_copies(image: np.ndarray, spec: list[dict[str, Any]], count: int, seed: int) -> list[np.ndarray]:

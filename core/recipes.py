@@ -20,7 +20,7 @@ from core.datasets import Sample, scan, split_samples
 REFERENCE_OVERRIDES: dict[str, Any] = {
     "head_mode": "images", "head_epochs": 2, "head_lr": 1e-2, "finetune_epochs": 0, "batch_size": 32,
     "augmentation": "none", "label_smoothing": 0.0, "class_weights": False, "tta": False,
-    "early_stopping_patience": 100, "reduce_lr_patience": 100,
+    "early_stopping_patience": 100, "reduce_lr_patience": 100, "dropout": 0.2, "multi_level": False,
 }
 
 
@@ -29,9 +29,9 @@ def reference_config(data: str, backbone: str, seed: int) -> TrainConfig:
     return TrainConfig.from_dict({"data": data, "backbone": backbone, "seed": seed, **REFERENCE_OVERRIDES})
 
 
-def default_config(data: str, backbone: str, seed: int) -> TrainConfig:
-    """What a newcomer gets without touching a setting."""
-    return TrainConfig.from_dict({"data": data, "backbone": backbone, "seed": seed})
+def default_config(data: str, backbone: str, seed: int, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """What a newcomer gets without touching a setting (plus `overrides`, to measure a variant)."""
+    return TrainConfig.from_dict({"data": data, "backbone": backbone, "seed": seed, **(overrides or {})})
 
 
 def benchmark_split(data: str, seed: int) -> dict[str, list[Sample]]:
@@ -75,7 +75,8 @@ def timed_run(config: TrainConfig, split: dict[str, list[Sample]], models_dir: P
             "test_images": evaluation["images"], "run": str(run.path)}
 
 
-def compare_recipes(data: str, seeds: list[int], backbone: str = "efficientnet_lite0") -> dict[str, Any]:
+def compare_recipes(data: str, seeds: list[int], backbone: str = "efficientnet_lite0",
+                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Reference and default, alternating per seed so machine noise hits both alike."""
     results: dict[str, list[dict[str, Any]]] = {"reference": [], "default": []}
     with tempfile.TemporaryDirectory(prefix="studio-bench-") as tmp:
@@ -83,13 +84,14 @@ def compare_recipes(data: str, seeds: list[int], backbone: str = "efficientnet_l
         for seed in seeds:
             split = benchmark_split(data, seed)
             results["reference"].append(timed_run(reference_config(data, backbone, seed), split, Path(tmp)))
-            results["default"].append(timed_run(default_config(data, backbone, seed), split, Path(tmp)))
+            results["default"].append(timed_run(default_config(data, backbone, seed, overrides), split, Path(tmp)))
     summary = {name: _summarise(rows) for name, rows in results.items()}
     summary["time_ratio_default_over_reference"] = summary["default"]["mean_seconds"] / \
         summary["reference"]["mean_seconds"]
     return {"data": str(data), "backbone": backbone, "seeds": seeds, "runs": results, **summary,
-            "default_settings": {k: v for k, v in default_config(data, backbone, 0).to_dict().items()
+            "default_settings": {k: v for k, v in default_config(data, backbone, 0, overrides).to_dict().items()
                                  if k not in ("data", "seed")},
+            "overrides": overrides or {},
             "reference_settings": REFERENCE_OVERRIDES}
 
 

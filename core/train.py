@@ -22,6 +22,7 @@ import numpy as np
 from core import StudioError
 from core.config import TrainConfig
 from core.datasets import Dataset, Sample, scan, split_samples, split_to_json
+from core.distribute import data_parallel, prepare_devices
 from core.runs import MODEL, RunDir
 
 PHASE_HEAD, PHASE_FINETUNE = "head", "finetune"
@@ -94,14 +95,20 @@ class Trainer:
         from core.augment import build_pipeline, resolve_spec
         from core.backbones import create_backbone
         from core.device import detect_device, precision_policy, use_xla
-        from core.model import build_classifier
+        from core.model import build_classifier, with_mid_level_features
 
         config = self.config
+        prepare_devices()
         keras.utils.set_random_seed(config.seed)
         device = detect_device()
         policy = precision_policy(config.mixed_precision, device)
         keras.config.set_dtype_policy(policy)
         self.jit = use_xla(config.xla, device)
+        self.parallel = data_parallel(config.data_parallel)
+        replicas = self.parallel.replicas
+        # batch_size is per device; the linear scaling rule keeps the per-example step size the same.
+        self.global_batch = config.batch_size * replicas
+        self.lr_scale = float(replicas)
         spec = resolve_spec(config.augmentation)
         size = config.resolved_image_size
         self.run.write_classes(dataset.classes)
@@ -110,23 +117,30 @@ class Trainer:
         self.run.write_config({**config.to_dict(), "augmentation": spec,
                                "resolved": {"image_size": size, "classes": dataset.classes,
                                             "device": device.to_dict(), "precision": policy, "xla": self.jit,
+                                            "parallel": {"kind": self.parallel.kind, "replicas": replicas,
+                                                         "devices": self.parallel.devices,
+                                                         "per_device_batch": config.batch_size,
+                                                         "global_batch": self.global_batch,
+                                                         "learning_rate_scale": self.lr_scale},
                                             "counts": {k: len(v) for k, v in split.items()}},
                                "versions": library_versions()})
         self.run.set_status("running", pid=os.getpid(), phase="loading", message="Decoding images")
         data = self._decode(dataset, split, size)
-        base = create_backbone(config.backbone, size, config.weights)
-        self.model = build_classifier(base, len(dataset.classes), config.dropout)
         self.augment = build_pipeline(spec, seed=config.seed) if spec else None
         self.sample_weights = class_weight_vector(data.labels["train"], len(dataset.classes)) \
             if config.class_weights else None
         self.plan = {PHASE_HEAD: config.head_epochs, PHASE_FINETUNE: config.finetune_epochs}
-
-        if config.head_epochs > 0:
-            self._train_head(data)
-        if config.finetune_epochs > 0 and not self.stop_signalled:
-            self._finetune(data)
-        if not self.run.has_model():  # stopped before any validation: keep what there is
-            self._save_model(self.model)
+        with self.parallel.context():  # variables, optimizers and steps live on every replica
+            base = create_backbone(config.backbone, size, config.weights)
+            if config.multi_level:
+                base = with_mid_level_features(base)
+            self.model = build_classifier(base, len(dataset.classes), config.dropout)
+            if config.head_epochs > 0:
+                self._train_head(data)
+            if config.finetune_epochs > 0 and not self.stop_signalled:
+                self._finetune(data)
+            if not self.run.has_model():  # stopped before any validation: keep what there is
+                self._save_model(self.model)
         return self._final_evaluation(data)
 
     # ----------------------------------------------------------------------------- data
@@ -151,14 +165,14 @@ class Trainer:
     def _batches(self, data: PreparedData, part: str, augment: bool, shuffle: bool):
         from core.loader import ImageBatches
 
-        return ImageBatches(data.images[part], data.labels[part], len(data.classes), self.config.batch_size,
+        return ImageBatches(data.images[part], data.labels[part], len(data.classes), self.global_batch,
                             augment=self.augment if augment else None, shuffle=shuffle,
                             seed=self.config.seed + self.global_epoch, threads=self.config.threads,
                             class_weights=self.sample_weights if part == "train" else None)
 
     # ----------------------------------------------------------------------------- phases
     def _compile(self, model, learning_rate: float) -> None:
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate * self.lr_scale),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing),
                       metrics=["accuracy"], jit_compile=self.jit)
 
@@ -189,16 +203,16 @@ class Trainer:
             self._fit(head, PHASE_HEAD, self.config.head_epochs,
                       x=train_x, y=one_hot(train_y, len(data.classes)), sample_weight=weights,
                       validation_data=(val_x, one_hot(data.labels["val"], len(data.classes))),
-                      batch_size=self.config.batch_size, shuffle=True, images_per_step=self.config.batch_size)
+                      batch_size=self.global_batch, shuffle=True, images_per_step=self.global_batch)
         else:
             self._compile(self.model, self.config.head_lr)
             self._fit(self.model, PHASE_HEAD, self.config.head_epochs,
                       x=self._batches(data, "train", augment=True, shuffle=True),
                       validation_data=self._batches(data, "val", augment=False, shuffle=False),
-                      images_per_step=self.config.batch_size)
+                      images_per_step=self.global_batch)
 
     def _features(self, extract, images: np.ndarray, mirrored: bool) -> np.ndarray:
-        batch = max(self.config.batch_size, 32)
+        batch = max(self.global_batch, 32)
         parts = [extract.predict(images, batch_size=batch, verbose=0)]
         if mirrored:
             parts.append(extract.predict(np.ascontiguousarray(images[:, :, ::-1]), batch_size=batch, verbose=0))
@@ -213,7 +227,7 @@ class Trainer:
         self._fit(self.model, PHASE_FINETUNE, self.config.finetune_epochs,
                   x=self._batches(data, "train", augment=True, shuffle=True),
                   validation_data=self._batches(data, "val", augment=False, shuffle=False),
-                  images_per_step=self.config.batch_size)
+                  images_per_step=self.global_batch)
 
     def _fit(self, model, phase: str, epochs: int, images_per_step: int, **fit_args) -> None:
         callbacks = [

@@ -107,13 +107,15 @@ def snapshot(page, name: str, folder: Path = ARTIFACTS) -> Path:
     """A screenshot of the whole page: Streamlit scrolls inside its main pane, so grow the window to fit it."""
     folder.mkdir(parents=True, exist_ok=True)
     width = page.viewport_size["width"]
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=15_000)
     height = page.evaluate("""() => {
         const main = document.querySelector('[data-testid="stMain"]');
-        return Math.max(main ? main.scrollHeight : 0, window.innerHeight);
+        return main ? main.scrollHeight : window.innerHeight;
     }""")
     original = page.viewport_size
-    page.set_viewport_size({"width": width, "height": min(int(height) + 40, 6000)})
+    page.set_viewport_size({"width": width, "height": min(max(int(height) + 40, original["height"]), 6000)})
     page.wait_for_timeout(500)  # Plotly redraws at the new size
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=15_000)
     path = folder / f"{name}.png"
     page.screenshot(path=str(path))
     page.set_viewport_size(original)
@@ -121,8 +123,16 @@ def snapshot(page, name: str, folder: Path = ARTIFACTS) -> Path:
 
 
 def go_to(page, title: str) -> None:
-    """Open a page through the sidebar navigation, as a person would."""
-    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title, exact=True).click()
+    """Open a page through the sidebar navigation, as a person would (a click during a rerun is retried)."""
+    link = page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title, exact=True)
+    heading = page.get_by_role("heading", name=title, exact=True, level=1)
+    for _ in range(3):
+        link.click()
+        try:
+            heading.wait_for(timeout=15_000)
+            break
+        except Exception:  # playwright's TimeoutError: the click landed while a script run was finishing
+            continue
     wait_idle(page)
 
 

@@ -1,0 +1,185 @@
+"""What several pages share: cached loaders, the current dataset and run, the sidebar. Streamlit only here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from core import StudioError
+from core import device as core_device
+from core import jobs, workspace
+from core.datasets import Dataset, scan
+from core.ingest import fingerprint
+from core.runs import RunDir, list_runs
+
+RUN_PARAM = "run"  # ?run=<id> in the address bar reattaches a reload or a second tab to a run
+
+
+SHELL_FLAG = "_in_app_shell"
+ENTRY_POINT = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+
+
+def ensure_app_shell() -> None:
+    """Run every page inside streamlit_app.py (navigation, sidebar), even on a server's first visit to /train.
+
+    Streamlit treats a folder named pages/ as an old-style multipage app until st.navigation has run once in
+    the server process (AppTest even resets that before every run), and in that mode a request for /train runs
+    pages/train.py alone. Then switch the mode off, run the entry point here (it runs this page inside the
+    real navigation, in this same script run, so no click is lost) and stop this bare copy.
+    """
+    if st.session_state.get(SHELL_FLAG):
+        return
+    import runpy
+
+    from streamlit.runtime.pages_manager import PagesManager
+
+    PagesManager.uses_pages_directory = False
+    runpy.run_path(str(ENTRY_POINT))
+    st.stop()
+
+
+def run_in_shell(page) -> None:
+    """Run the chosen page, marked as running inside the app shell (see ensure_app_shell)."""
+    st.session_state[SHELL_FLAG] = True
+    try:
+        page.run()
+    finally:
+        st.session_state[SHELL_FLAG] = False
+
+
+# ----------------------------------------------------------------------------------------- cached work
+@st.cache_resource(show_spinner="Looking for a GPU…")
+def device_info() -> dict[str, Any]:
+    """The compute device, detected once per server process (it imports the ML backend, which is slow)."""
+    return core_device.detect_device().to_dict()
+
+
+@st.cache_data(show_spinner="Checking every image…", max_entries=8)
+def scan_cached(path: str, signature: str) -> Dataset:
+    """Scan a dataset folder; `signature` changes when its files do, so edits are seen."""
+    return scan(path)
+
+
+def load_dataset(path: Path | str) -> Dataset:
+    """The scanned dataset at `path` (cached until its files change)."""
+    return scan_cached(str(path), fingerprint(path))
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=2)
+def classifier_cached(run_path: str, model_stamp: float):
+    """A loaded Classifier for a run; `model_stamp` (the model file's mtime) reloads a newer best model."""
+    from core.predict import Classifier
+
+    return Classifier(RunDir(run_path))
+
+
+def load_classifier(run: RunDir):
+    """The run's classifier, loaded once and kept while its model file is unchanged."""
+    from core.runs import MODEL
+
+    return classifier_cached(str(run.path), run.file(MODEL).stat().st_mtime)
+
+
+# ----------------------------------------------------------------------------------------- shared state
+def current_dataset_path() -> Path | None:
+    """The dataset chosen on the Data page (remembered in the workspace, so reloads keep it)."""
+    value = workspace.load_state().get("dataset")
+    return Path(value) if value and Path(value).is_dir() else None
+
+
+def set_current_dataset(path: Path) -> None:
+    """Make `path` the dataset every page works on."""
+    workspace.save_state(dataset=str(path))
+
+
+def current_augmentation() -> Any:
+    """The augmentation chosen on the Augment page: a preset name or an explicit spec list."""
+    return workspace.load_state().get("augmentation", "light")
+
+
+def runs() -> list[RunDir]:
+    """All runs in the workspace, newest first."""
+    return list_runs(workspace.runs_dir())
+
+
+def run_label(run: RunDir) -> str:
+    """'run-2026…-ab12 · flowers-mini · succeeded' for select boxes."""
+    config = run.read_config()
+    name = config.get("run_name") or Path(config.get("data", "")).name
+    return f"{run.run_id} · {name} · {jobs.run_state(run).get('state', '?')}"
+
+
+def selected_run_id() -> str | None:
+    """The run named in the address bar, else the last one this session looked at."""
+    return st.query_params.get(RUN_PARAM) or st.session_state.get("run_id")
+
+
+def remember_run(run: RunDir) -> None:
+    """Put the run in the address bar and the session, so a reload or another page shows it."""
+    st.session_state["run_id"] = run.run_id
+    if st.query_params.get(RUN_PARAM) != run.run_id:
+        st.query_params[RUN_PARAM] = run.run_id
+
+
+def pick_run(label: str, runs_list: list[RunDir], key: str) -> RunDir | None:
+    """A select box of runs, preselecting the remembered one; remembers the choice."""
+    if not runs_list:
+        return None
+    ids = [r.run_id for r in runs_list]
+    wanted = selected_run_id()
+    index = ids.index(wanted) if wanted in ids else 0
+    labels = {r.run_id: run_label(r) for r in runs_list}
+    chosen = st.selectbox(label, ids, index=index, format_func=labels.get, key=key)
+    run = runs_list[ids.index(chosen)]
+    remember_run(run)
+    return run
+
+
+def show_error(err: Exception) -> None:
+    """A StudioError as the sentence it is; anything else with its type, so it can be reported."""
+    st.error(str(err) if isinstance(err, StudioError) else f"{type(err).__name__}: {err}")
+
+
+def need_dataset() -> Dataset | None:
+    """The current dataset, or a message with a link to the Data page (and None)."""
+    path = current_dataset_path()
+    if path is None:
+        st.info("No dataset yet. Pick the sample or upload a folder on the Data page first.")
+        st.page_link("pages/data.py", label="Go to Data", icon=":material/folder_open:")
+        return None
+    try:
+        return load_dataset(path)
+    except StudioError as err:
+        show_error(err)
+        return None
+
+
+# ----------------------------------------------------------------------------------------- sidebar
+def sidebar() -> None:
+    """Device, backend, current dataset and the active run, on every page."""
+    with st.sidebar:
+        st.caption("Compute")
+        try:
+            device = device_info()
+            where = device["name"] if device["accelerator"] == "gpu" else "CPU only"
+        except Exception as err:  # a broken ML install must not hide the pages
+            where = f"unknown ({type(err).__name__})"
+        st.markdown(f"**Device:** {where}  \n**Backend:** {core_device.keras_backend()}")
+        st.caption("Dataset")
+        path = current_dataset_path()
+        st.markdown(f"`{path.name}`" if path else "none chosen")
+        st.caption("Training")
+        active = jobs.active_run(workspace.runs_dir())
+        if active is not None:
+            status = jobs.run_state(active)
+            st.markdown(f"`{active.run_id}`  \n**{status.get('state')}** · {status.get('phase') or ''}")
+            st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")
+        else:
+            latest = runs()[:1]
+            if latest:
+                st.markdown(f"No run active. Latest: `{latest[0].run_id}` "
+                            f"({jobs.run_state(latest[0]).get('state')})")
+            else:
+                st.markdown("No run yet.")

@@ -1,0 +1,113 @@
+"""Augment: choose a preset or switch transforms, and preview augmented copies of real images."""
+
+import json
+
+import streamlit as st
+
+from core import StudioError, workspace
+from core.augment import PRESETS, describe_spec, resolve_spec
+from core.images import ImageError, read_image, resize_for_model
+from core.previews import EDITABLE_TRANSFORMS, augmented_copies, editable_state, preview_images, spec_from_editor
+from pages._common import current_augmentation, ensure_app_shell, need_dataset, show_error
+
+PREVIEW_SIZE = 224
+COPIES = 5
+CUSTOM = "custom"
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def model_sized(path: str) -> object:
+    """One dataset image at the preview size, as training would see it before augmentation."""
+    try:
+        return resize_for_model(read_image(path, target_size=PREVIEW_SIZE), PREVIEW_SIZE)
+    except ImageError:
+        return None
+
+
+def custom_editor(saved: list) -> list:
+    """Switches, probabilities and main parameters for each editable transform; returns the spec."""
+    state = editable_state(saved)
+    extra = [e for e in saved if e.get("name") not in EDITABLE_TRANSFORMS]
+    choices = {}
+    cols = st.columns(3)
+    for i, (name, params) in enumerate(EDITABLE_TRANSFORMS.items()):
+        with cols[i % 3].container(border=True):
+            enabled = st.toggle(name, value=state[name]["enabled"], key=f"aug_on_{name}")
+            p = st.slider("probability", 0.0, 1.0, state[name]["p"], 0.05, key=f"aug_p_{name}", disabled=not enabled)
+            values = {}
+            for key, (_, low, high, step) in params.items():
+                kind = int if all(float(v).is_integer() for v in (low, high, step)) else float
+                values[key] = st.slider(key, kind(low), kind(high), kind(state[name]["params"][key]), kind(step),
+                                        key=f"aug_{name}_{key}", disabled=not enabled)
+            choices[name] = {"enabled": enabled, "p": p, "params": values}
+    if extra:
+        st.caption(f"Also kept from the JSON spec: {describe_spec(extra)}")
+    return spec_from_editor(choices, extra)
+
+
+def json_editor(spec: list) -> None:
+    """Edit the spec as JSON (groups like OneOf included); applying it switches to the custom editor."""
+    with st.expander("Edit the spec as JSON"):
+        text = st.text_area("Augmentation spec", json.dumps(spec, indent=1), height=220, key="aug_json")
+        if st.button("Apply JSON"):
+            try:
+                parsed = resolve_spec(json.loads(text))
+            except json.JSONDecodeError as err:
+                st.error(f"That is not valid JSON ({err.msg} at line {err.lineno}).")
+                return
+            except StudioError as err:
+                show_error(err)
+                return
+            workspace.save_state(augmentation=parsed)
+            for key in [k for k in st.session_state if str(k).startswith("aug_")]:
+                del st.session_state[key]  # let the switches show the applied spec
+            st.session_state["aug_mode"] = CUSTOM
+            st.rerun()
+
+
+def preview(dataset, spec: list) -> None:
+    """Original and augmented copies of a few images from different classes."""
+    seed = st.session_state.setdefault("aug_seed", 0)
+    left, right = st.columns([1, 4])
+    if left.button("Re-draw", icon=":material/casino:", help="New random draws with a new seed"):
+        st.session_state["aug_seed"] = seed = seed + 1
+    right.caption(f"Seed {seed}. Training uses the same pipeline on every training image, each epoch anew.")
+    for rel in preview_images(dataset, rows=3, seed=seed):
+        image = model_sized(str(dataset.root / rel))
+        if image is None:
+            continue
+        copies = augmented_copies(image, spec, COPIES, seed=seed) if spec else []
+        captions = ["original"] + [f"augmented {i + 1}" for i in range(len(copies))]
+        st.image([image] + copies, caption=captions, width=150)
+
+
+ensure_app_shell()
+st.title("Augment")
+st.markdown("Augmentation shows the model slightly changed copies of each training image, so it learns the "
+            "flower, not the photo. The spec chosen here is what training uses and is saved in the run.")
+dataset = need_dataset()
+saved = current_augmentation()
+modes = list(PRESETS) + [CUSTOM]
+if "aug_mode" not in st.session_state:
+    st.session_state["aug_mode"] = saved if isinstance(saved, str) and saved in PRESETS else CUSTOM
+mode = st.radio("Start from", modes, horizontal=True, key="aug_mode",
+                format_func=lambda m: {"none": "none", "light": "light (default)", "seed": "seed recipe",
+                                       CUSTOM: "custom"}[m])
+try:
+    if mode == CUSTOM:
+        base = resolve_spec(saved)  # a preset's entries become the switches' starting point
+        spec = resolve_spec(custom_editor(base))
+        if spec != saved:
+            workspace.save_state(augmentation=spec)
+    else:
+        spec = resolve_spec(mode)
+        if saved != mode:
+            workspace.save_state(augmentation=mode)
+except StudioError as err:
+    show_error(err)
+    st.stop()
+st.markdown(f"**Training will use:** {describe_spec(spec)}")
+json_editor(spec)
+if dataset is not None and dataset.report.usable_images:
+    st.subheader("Preview")
+    preview(dataset, spec)

@@ -1,0 +1,209 @@
+"""Data: pick the sample or upload a labelled folder (or zip), then read the inspection report."""
+
+import pandas as pd
+import streamlit as st
+
+from core import StudioError, charts, samples, workspace
+from core.datasets import split_samples
+from core.images import IMAGE_EXTENSIONS
+from core.ingest import ingest_files, ingest_zip, list_datasets
+from core.previews import examples_per_class, thumbnail
+from pages._common import (current_dataset_path, ensure_app_shell, load_dataset, set_current_dataset,
+                           show_error)
+
+IMAGE_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def online() -> bool:
+    """Whether the TensorFlow download host answers (checked at most every 5 minutes)."""
+    return samples.is_online()
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def thumb(path: str):
+    """A small picture of one dataset image (None when unreadable)."""
+    return thumbnail(path, 160)
+
+
+def choose(path) -> None:
+    """Make `path` the current dataset and redraw the page with its report."""
+    set_current_dataset(path)
+    st.rerun()
+
+
+def sample_tab() -> None:
+    """The offline sample and the downloadable TensorFlow flowers."""
+    mini = samples.flowers_mini_dir()
+    st.markdown(f"**{samples.SAMPLES['flowers-mini'].label}**: {samples.SAMPLES['flowers-mini'].description}")
+    if mini is None:
+        st.warning(samples.flowers_mini_missing_message())
+    elif st.button("Use flowers-mini", type="primary", icon=":material/local_florist:"):
+        choose(mini)
+    st.markdown(f"**{samples.SAMPLES['tf-flowers'].label}**: {samples.SAMPLES['tf-flowers'].description}")
+    if samples.tf_flowers_ready():
+        if st.button("Use TensorFlow flowers (downloaded)"):
+            choose(samples.tf_flowers_dir())
+    elif online():
+        if st.button("Download TensorFlow flowers (218 MB)", icon=":material/download:"):
+            bar = st.progress(0.0, text="Downloading…")
+
+            def report(done: int, total: int | None) -> None:
+                total = total or samples.TF_FLOWERS_BYTES
+                bar.progress(min(1.0, done / total), text=f"Downloading… {done / 1e6:.0f} of {total / 1e6:.0f} MB")
+
+            try:
+                folder = samples.fetch_tf_flowers(report)
+            except StudioError as err:
+                show_error(err)
+            else:
+                choose(folder)
+    else:
+        st.caption("This machine cannot reach storage.googleapis.com, so the download is not offered.")
+
+
+def folder_tab() -> None:
+    """The directory uploader: each file's relative name gives its class folder."""
+    files = st.file_uploader("Choose the folder that holds one sub-folder per class", type=IMAGE_TYPES,
+                             accept_multiple_files="directory", key="folder_upload",
+                             help="Image files only (JPEG, PNG, BMP, WebP); the class is the name of each "
+                                  "image's parent folder.")
+    if files:
+        signature = tuple(sorted((f.file_id, f.name) for f in files))
+        if st.session_state.get("ingested") != signature:
+            try:
+                with st.spinner(f"Saving {len(files)} files…"):
+                    folder = ingest_files([(f.name, f.getvalue()) for f in files])
+            except StudioError as err:
+                show_error(err)
+                return
+            st.session_state["ingested"] = signature
+            choose(folder)
+
+
+def zip_tab() -> None:
+    """A .zip of the dataset folder."""
+    upload = st.file_uploader("Choose a .zip of the dataset folder", type=["zip"], key="zip_upload")
+    if upload is not None and st.session_state.get("ingested") != upload.file_id:
+        try:
+            with st.spinner(f"Unpacking {upload.name}…"):
+                folder = ingest_zip(upload.getvalue(), upload.name)
+        except StudioError as err:
+            show_error(err)
+            return
+        st.session_state["ingested"] = upload.file_id
+        choose(folder)
+
+
+def earlier_tab() -> None:
+    """Datasets uploaded earlier into this workspace."""
+    earlier = list_datasets()
+    if not earlier:
+        st.caption("Nothing uploaded yet.")
+        return
+    chosen = st.selectbox("Dataset", earlier, format_func=lambda p: p.name, key="earlier_dataset")
+    if st.button("Use this dataset"):
+        choose(chosen)
+
+
+def report_section(path) -> None:
+    """The inspection report, the split training will use, and thumbnails per class."""
+    try:
+        dataset = load_dataset(path)
+    except StudioError as err:
+        show_error(err)
+        return
+    report = dataset.report
+    st.subheader(f"Dataset: {path.name}")
+    st.caption(str(dataset.root))
+    cols = st.columns(4)
+    cols[0].metric("Classes", len(report.classes))
+    cols[1].metric("Usable images", report.usable_images)
+    cols[2].metric("Skipped or unreadable", len(report.skipped) + len(report.unreadable))
+    cols[3].metric("Duplicate groups", len(report.duplicates))
+    for message in report.errors:
+        st.error(message)
+    if report.errors:
+        st.error("Training is blocked until these problems are fixed.", icon=":material/block:")
+    else:
+        st.success("Ready to train. Next: preview augmentations, or go straight to Train.", icon=":material/check:")
+        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    for message in report.warnings:
+        st.warning(message)
+    if report.classes:
+        left, right = st.columns([3, 2])
+        left.plotly_chart(charts.class_counts_figure(report.counts), key="counts_chart")
+        with right:
+            split_table(dataset)
+    problem_lists(report)
+    thumbnails(dataset)
+
+
+def split_table(dataset) -> None:
+    """How training will split the images, per class."""
+    st.markdown("**The split training will use**")
+    if dataset.report.layout == "split_folders":
+        st.caption("The dataset has its own train/val folders, which are used as they are.")
+    state = workspace.load_state()
+    fraction = st.slider("Validation share (when there is no val/ folder)", 0.1, 0.5,
+                         float(state.get("val_fraction", 0.2)), 0.05, key="val_fraction",
+                         disabled=dataset.report.layout == "split_folders")
+    if fraction != state.get("val_fraction", 0.2):
+        workspace.save_state(val_fraction=fraction)
+    if not dataset.report.trainable:
+        return
+    try:
+        split = split_samples(dataset, fraction, 0.0, int(state.get("seed", 42)))
+    except StudioError as err:
+        show_error(err)
+        return
+    rows = {name: {part: 0 for part in ("train", "val", "test")} for name in dataset.classes}
+    for part, items in split.items():
+        for sample in items:
+            rows[dataset.classes[sample.label]][part] += 1
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    st.dataframe(table.loc[:, (table != 0).any(axis=0)], width="stretch")
+
+
+def problem_lists(report) -> None:
+    """Skipped files, unreadable images and duplicates, each in an expander."""
+    if report.skipped:
+        with st.expander(f"Skipped files ({len(report.skipped)})"):
+            st.dataframe(pd.DataFrame(report.skipped), width="stretch", hide_index=True)
+    if report.unreadable:
+        with st.expander(f"Unreadable images ({len(report.unreadable)})"):
+            st.dataframe(pd.DataFrame(report.unreadable), width="stretch", hide_index=True)
+    if report.duplicates:
+        with st.expander(f"Byte-identical duplicates ({len(report.duplicates)} groups)"):
+            st.dataframe(pd.DataFrame({"files": [", ".join(g) for g in report.duplicates]}),
+                         width="stretch", hide_index=True)
+
+
+def thumbnails(dataset) -> None:
+    """A row of example images per class."""
+    st.markdown("**Examples per class**")
+    for name, paths in examples_per_class(dataset, per_class=8).items():
+        pictures = [p for p in (thumb(str(dataset.root / rel)) for rel in paths) if p is not None]
+        st.caption(f"{name} ({dataset.report.counts[name]['total']} images)")
+        if pictures:
+            st.image(pictures, width=96)
+
+
+ensure_app_shell()
+st.title("Data")
+st.markdown("Start here: use the sample flowers, or upload a folder with **one sub-folder of images per class** "
+            "(optionally inside `train/` and `val/`). Then press **Start** on the Train page.")
+tabs = st.tabs(["Sample datasets", "Upload a folder", "Upload a .zip", "Earlier uploads"])
+with tabs[0]:
+    sample_tab()
+with tabs[1]:
+    folder_tab()
+with tabs[2]:
+    zip_tab()
+with tabs[3]:
+    earlier_tab()
+
+current = current_dataset_path()
+if current is not None:
+    st.divider()
+    report_section(current)

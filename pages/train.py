@@ -1,0 +1,164 @@
+"""Train: settings with quick defaults, Start launches the trainer process, then live progress and curves."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from core import StudioError, charts, jobs, workspace
+from core.augment import describe_spec, resolve_spec
+from core.backbones import BACKBONES, DEFAULT_BACKBONE
+from core.config import TrainConfig
+from core.runs import RunDir
+from pages._common import (current_augmentation, device_info, ensure_app_shell, need_dataset, remember_run,
+                           selected_run_id, show_error)
+
+POLL_SECONDS = 2.0
+IMAGE_SIZES = [96, 128, 160, 192, 224, 240, 256, 260, 288, 300, 320, 380, 384, 456, 528, 600]
+LEARNING_RATES = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+DEFAULTS = TrainConfig()
+
+
+def settings(dataset_root: Path, accelerator: str) -> dict:
+    """The training settings as config values; defaults make Start alone work."""
+    quick = jobs.recommended_settings(accelerator)
+    state = workspace.load_state()
+    names = list(BACKBONES)
+    left, middle, right = st.columns(3)
+    backbone = left.selectbox("Backbone", names, index=names.index(DEFAULT_BACKBONE), key="backbone",
+                              format_func=lambda n: f"{BACKBONES[n].label} · {BACKBONES[n].native_size} px")
+    native = BACKBONES[backbone].native_size
+    size_default = quick["image_size"] or native
+    size = middle.select_slider("Image size (pixels)", IMAGE_SIZES, value=size_default, key="image_size",
+                                help=f"Native size of {BACKBONES[backbone].label}: {native} px. Smaller trains "
+                                     "faster; larger sees more detail.")
+    middle.caption(f"Native size: {native} px" + (" · quick CPU default: 160 px" if accelerator != "gpu" else ""))
+    head_epochs = right.number_input("Head epochs (phase 1, frozen base)", 1, 200, DEFAULTS.head_epochs,
+                                     key="head_epochs", help="An upper bound: early stopping ends sooner.")
+    finetune_epochs = right.number_input("Fine-tune epochs (phase 2)", 0, 100, quick["finetune_epochs"],
+                                         key="finetune_epochs",
+                                         help="0 trains the head only (quick on a CPU). Fine-tuning unfreezes the "
+                                              "top of the backbone at a ~100x lower learning rate.")
+    with st.expander("More settings"):
+        a, b, c = st.columns(3)
+        batch_size = a.select_slider("Batch size", [4, 8, 16, 32, 64, 128], DEFAULTS.batch_size, key="batch_size")
+        head_lr = a.select_slider("Head learning rate", LEARNING_RATES, DEFAULTS.head_lr, key="head_lr",
+                                  format_func=lambda v: f"{v:g}")
+        finetune_lr = a.select_slider("Fine-tune learning rate", LEARNING_RATES, DEFAULTS.finetune_lr,
+                                      key="finetune_lr", format_func=lambda v: f"{v:g}")
+        unfreeze = b.slider("Stages to unfreeze when fine-tuning", 0, 7, DEFAULTS.unfreeze_stages, key="unfreeze")
+        patience = b.slider("Early stopping patience (epochs)", 1, 20, DEFAULTS.early_stopping_patience,
+                            key="patience")
+        dropout = b.slider("Dropout", 0.0, 0.8, DEFAULTS.dropout, 0.05, key="dropout")
+        smoothing = c.slider("Label smoothing", 0.0, 0.3, DEFAULTS.label_smoothing, 0.05, key="smoothing")
+        class_weights = c.checkbox("Weight classes by inverse frequency", DEFAULTS.class_weights, key="class_weights")
+        tta = c.checkbox("Mirror test-time augmentation", DEFAULTS.tta, key="tta")
+        run_name = c.text_input("Run name (optional)", key="run_name")
+    return {"data": str(dataset_root), "backbone": backbone, "image_size": int(size), "batch_size": int(batch_size),
+            "head_epochs": int(head_epochs), "finetune_epochs": int(finetune_epochs), "head_lr": head_lr,
+            "finetune_lr": finetune_lr, "unfreeze_stages": int(unfreeze), "early_stopping_patience": int(patience),
+            "dropout": float(dropout), "label_smoothing": float(smoothing), "class_weights": bool(class_weights),
+            "tta": bool(tta), "run_name": run_name, "augmentation": current_augmentation(),
+            "val_fraction": float(state.get("val_fraction", DEFAULTS.val_fraction)),
+            "seed": int(state.get("seed", DEFAULTS.seed))}
+
+
+def start(values: dict) -> None:
+    """Validate and launch; a refusal (bad setting, a run already training) is shown as the sentence it is."""
+    try:
+        run = jobs.start_training(TrainConfig.from_dict(values), workspace.runs_dir(), values.get("run_name", ""))
+    except StudioError as err:
+        show_error(err)
+        return
+    remember_run(run)
+    st.rerun()
+
+
+def render_run(run_id: str) -> None:
+    """Status, progress, Stop, error text and curves of one run, read from its folder."""
+    run = RunDir(workspace.runs_dir() / run_id)
+    status = jobs.run_state(run)
+    state = status.get("state", "queued")
+    config = run.read_config()
+    st.subheader(f"Run {run_id}")
+    fraction, caption = jobs.progress(status, config)
+    if state in jobs.ACTIVE_STATES:
+        st.progress(fraction, text=caption)
+        if run.stop_requested():
+            st.info("Stop requested: the trainer stops after the current batch and keeps the best model.")
+        elif st.button("Stop", icon=":material/stop_circle:", key="stop_run"):
+            jobs.stop(run)
+            st.rerun(scope="fragment")
+    elif state == "failed":
+        st.error(f"The run failed: {status.get('error') or 'no reason was recorded.'}")
+        with st.expander("End of the trainer's log"):
+            st.code(jobs.log_tail(run, 40), language=None)
+    else:
+        evaluation = run.read_evaluation() or {}
+        done = "Stopped early; the best model so far is kept." if state == "stopped" else "Training finished."
+        if evaluation:
+            done += f" Accuracy on the {evaluation.get('split')} split: {evaluation.get('accuracy', 0):.1%}."
+        st.success(done)
+        links = st.columns(4)
+        links[0].page_link("pages/evaluate.py", label="Evaluate this run", icon=":material/analytics:")
+        links[1].page_link("pages/classify.py", label="Classify photos", icon=":material/image_search:")
+    epochs = charts.epoch_rows(run.read_metrics())
+    if not epochs:
+        if state in jobs.ACTIVE_STATES:
+            st.caption("Curves appear after the first epoch.")
+        return
+    cols = st.columns(3)
+    cols[0].plotly_chart(charts.curve_figure(epochs, "loss", "Loss"), key="loss_curve")
+    cols[1].plotly_chart(charts.curve_figure(epochs, "accuracy", "Accuracy"), key="accuracy_curve")
+    cols[2].plotly_chart(charts.learning_rate_figure(epochs), key="lr_curve")
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def live_run(run_id: str) -> None:
+    """The run view, redrawn from the run folder every few seconds while it trains."""
+    render_run(run_id)
+
+
+@st.fragment
+def finished_run(run_id: str) -> None:
+    """The run view of a finished run (no polling)."""
+    render_run(run_id)
+
+
+def run_to_show() -> RunDir | None:
+    """The run in the address bar or this session; else the one training now (a second tab sees it)."""
+    runs_dir = workspace.runs_dir()
+    wanted = selected_run_id()
+    if wanted and (runs_dir / wanted / "config.json").is_file():
+        return RunDir(runs_dir / wanted)
+    if wanted:
+        st.warning(f"Run {wanted} was not found in {runs_dir}.")
+    return jobs.active_run(runs_dir)
+
+
+ensure_app_shell()
+st.title("Train")
+dataset = need_dataset()
+active = jobs.active_run(workspace.runs_dir())
+if dataset is not None:
+    if not dataset.report.trainable:
+        st.error("This dataset cannot be trained on: " + " ".join(dataset.report.errors))
+        st.page_link("pages/data.py", label="Fix it on the Data page", icon=":material/folder_open:")
+    else:
+        device = device_info()
+        st.markdown(f"Dataset **{Path(dataset.root).name}**: {len(dataset.classes)} classes, "
+                    f"{dataset.report.usable_images} images. Augmentation: "
+                    f"{describe_spec(resolve_spec(current_augmentation()))} (change it on the Augment page).")
+        values = settings(dataset.root, device.get("accelerator", "cpu"))
+        if active is not None:
+            st.caption(f"Run {active.run_id} is training; a new run can start when it ends or is stopped.")
+        if st.button("Start training", type="primary", icon=":material/play_arrow:"):
+            start(values)
+
+shown = run_to_show()
+if shown is not None:
+    st.divider()
+    remember_run(shown)
+    if jobs.run_state(shown).get("state") in jobs.ACTIVE_STATES:
+        live_run(shown.run_id)  # keeps polling after the run ends (cheap) until the page is left or reloaded
+    else:
+        finished_run(shown.run_id)

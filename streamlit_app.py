@@ -1,0 +1,17 @@
+"""EfficientNet Studio: routes to the pages (in workflow order) and draws the shared sidebar."""
+
+import streamlit as st
+
+from pages._common import run_in_shell, sidebar
+
+st.set_page_config(page_title="EfficientNet Studio", page_icon=":material/local_florist:", layout="wide")
+
+page = st.navigation([
+    st.Page("pages/data.py", title="Data", icon=":material/folder_open:", default=True),
+    st.Page("pages/augment.py", title="Augment", icon=":material/auto_fix_high:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
+    st.Page("pages/classify.py", title="Classify", icon=":material/image_search:"),
+])
+sidebar()
+run_in_shell(page)

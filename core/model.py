@@ -101,7 +101,15 @@ def _stage(layer_name: str) -> int | None:
 def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 64,
                           tta: bool = False) -> np.ndarray:
     """Class probabilities for uint8 images; with `tta`, averaged with the mirrored images."""
-    probs = model.predict(images, batch_size=batch_size, verbose=0)
     if tta:
-        probs = (probs + model.predict(images[:, :, ::-1], batch_size=batch_size, verbose=0)) / 2.0
-    return np.asarray(probs, dtype=np.float64)
+        images = np.concatenate([images, images[:, :, ::-1]])
+    if len(images) <= batch_size:
+        # A direct call skips predict()'s per-call dataset set-up, which dominates for one or two photos.
+        probs = keras.ops.convert_to_numpy(model(images, training=False))
+    else:
+        probs = model.predict(images, batch_size=batch_size, verbose=0)
+    probs = np.asarray(probs, dtype=np.float64)
+    if tta:
+        half = len(probs) // 2
+        probs = (probs[:half] + probs[half:]) / 2.0
+    return probs

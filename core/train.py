@@ -135,10 +135,13 @@ class Trainer:
             if config.multi_level:
                 base = with_mid_level_features(base)
             self.model = build_classifier(base, len(dataset.classes), config.dropout)
-            if config.head_epochs > 0:
-                self._train_head(data)
-            if config.finetune_epochs > 0 and not self.stop_signalled:
-                self._finetune(data)
+            try:
+                if config.head_epochs > 0:
+                    self._train_head(data)
+                if config.finetune_epochs > 0 and not self._stop_now():
+                    self._finetune(data)
+            except StopTraining:  # stopped while computing features: the head keeps its initial weights
+                pass
             if not self.run.has_model():  # stopped before any validation: keep what there is
                 self._save_model(self.model)
         return self._final_evaluation(data)
@@ -212,11 +215,25 @@ class Trainer:
                       images_per_step=self.global_batch)
 
     def _features(self, extract, images: np.ndarray, mirrored: bool) -> np.ndarray:
+        """Pooled features in chunks, so a stop request or a heartbeat never waits for the whole pass."""
         batch = max(self.global_batch, 32)
-        parts = [extract.predict(images, batch_size=batch, verbose=0)]
-        if mirrored:
-            parts.append(extract.predict(np.ascontiguousarray(images[:, :, ::-1]), batch_size=batch, verbose=0))
+        chunk = batch * 4
+        views = [images, images[:, :, ::-1]] if mirrored else [images]
+        total, done, parts = len(images) * len(views), 0, []
+        for view in views:
+            for start in range(0, len(view), chunk):
+                if self._stop_now():
+                    raise StopTraining()
+                piece = np.ascontiguousarray(view[start:start + chunk])
+                parts.append(extract.predict(piece, batch_size=batch, verbose=0))
+                done += len(piece)
+                self.run.heartbeat(phase=PHASE_HEAD, message=f"Computing frozen-base features {done}/{total}")
         return np.concatenate(parts).astype(np.float32)
+
+    def _stop_now(self) -> bool:
+        if self.run.stop_requested():
+            self.stop_signalled = True
+        return self.stop_signalled
 
     def _finetune(self, data: PreparedData) -> None:
         """Phase 2: unfreeze the top stages (BatchNorm stays frozen) and continue at a much lower rate."""
@@ -278,6 +295,10 @@ class Trainer:
         return report
 
 
+class StopTraining(Exception):
+    """Raised between chunks of work (outside keras.fit) when a stop was requested."""
+
+
 class RunLogger(keras.callbacks.Callback):
     """Writes step and epoch lines, refreshes the heartbeat, and honours stop requests at the next batch."""
 
@@ -290,6 +311,10 @@ class RunLogger(keras.callbacks.Callback):
         self.epoch_start = self.step_start = time.perf_counter()
         self.phase_epoch = epoch + 1
         self.trainer.global_epoch += 1
+        # Always beat at an epoch start, so a watcher never shows the previous phase's epoch counter.
+        self.trainer.run.heartbeat(phase=self.phase, epoch=self.trainer.global_epoch, phase_epoch=self.phase_epoch,
+                                   phase_epochs=self.epochs, step=0, steps=self.params.get("steps") or 0,
+                                   message="")
 
     def on_train_batch_end(self, batch, logs=None):
         now = time.perf_counter()

@@ -149,14 +149,16 @@ def test_bad_config_file_key_suggests_the_right_one(tmp_path, flowers_dir, capsy
     assert "did you mean 'batch_size'" in capsys.readouterr().err
 
 
-def test_stop_request_keeps_a_usable_model(tmp_path, flowers_dir):
-    """A stop file present from the start: the trainer stops at its first batch, saves, and says 'stopped'."""
+@pytest.mark.parametrize("head_mode", ["images", "features"])
+def test_stop_request_keeps_a_usable_model(tmp_path, flowers_dir, head_mode):
+    """A stop file present from the start: the trainer stops at its first batch (or feature chunk), saves,
+    and says 'stopped'."""
     models = tmp_path / "models"
     run = RunDir(models / "stop-me")
     run.path.mkdir(parents=True)
     run.request_stop()
     result = run_cli("--models-dir", str(models), "train", "--data", str(flowers_dir), "--run-id", "stop-me",
-                     "--head-mode", "images", *TINY)
+                     "--head-mode", head_mode, *TINY)
     assert result.returncode == 0, result.stderr[-2000:]
     assert run.read_status()["state"] == "stopped" and run.has_model()
     steps = [m for m in run.read_metrics() if m["kind"] == "step"]

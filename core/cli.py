@@ -1,4 +1,7 @@
-"""Command line: train | evaluate | predict | inspect | bench. JSON out; one-line reason and exit 1 on bad input."""
+"""Command line: train | evaluate | predict | inspect | export | bench.
+
+JSON on stdout; on bad input a one-line `error: ...` on stderr and a non-zero exit.
+"""
 
 from __future__ import annotations
 
@@ -114,6 +117,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from core.export import export_run, make_demo_bundle
+    from core.runs import RunDir
+
+    run = RunDir.open(args.run, args.models_dir)
+    result = export_run(run, args.format or ["all"], data_root=args.data,
+                        progress=lambda message: print(message, file=sys.stderr))
+    if args.bundle and not result["failed"]:
+        folder = make_demo_bundle(run, args.bundle_format, data_root=args.data)
+        result["bundle"] = {"folder": str(folder), "zip": str(folder.with_suffix(".zip"))}
+    _print_json(result)
+    if result["failed"]:
+        reasons = "; ".join(f"{fmt}: {result['formats'][fmt].get('error')}" for fmt in result["failed"])
+        print(f"error: export failed for {reasons}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from core import bench
 
@@ -153,6 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="report a dataset folder as JSON; exit 2 if it can't be trained on")
     inspect.add_argument("data")
     inspect.set_defaults(func=cmd_inspect)
+
+    export = sub.add_parser("export", help="export a run with parity checks on its validation images; prints JSON")
+    export.add_argument("run", help="run folder or run id")
+    export.add_argument("--format", action="append",
+                        help="keras|savedmodel|tflite|tflite_fp16|tflite_int8|onnx|all (repeatable; default all)")
+    export.add_argument("--bundle", action="store_true", help="also pack a demo bundle (folder + zip)")
+    export.add_argument("--bundle-format", default="tflite", help="the bundle's model format (default tflite)")
+    export.add_argument("--data", help="the dataset's current location, if it moved since training")
+    export.set_defaults(func=cmd_export)
 
     bench = sub.add_parser("bench", help="measure throughput: loader | train | recipe")
     bench.add_argument("what", choices=["loader", "train", "recipe"])

@@ -13,6 +13,16 @@ from core import StudioError
 from core.backbones import DEFAULT_BACKBONE
 
 
+# Fine-tuning on a 2-core CPU costs ~3x a frozen pass per epoch and gained nothing measurable on flowers-mini
+# (docs/benchmarks.md); on a GPU it is cheap and is where the recipe's second phase pays off.
+GPU_FINETUNE_EPOCHS = 3
+
+
+def default_finetune_epochs(accelerator: str) -> int:
+    """The 'auto' number of fine-tuning epochs for a device kind."""
+    return GPU_FINETUNE_EPOCHS if accelerator == "gpu" else 0
+
+
 @dataclass
 class TrainConfig:
     """What a run needs; saved verbatim (plus versions) as the run's config.json."""
@@ -32,7 +42,8 @@ class TrainConfig:
     head_mode: str = "features"         # "features": cache frozen-base features once, train the head on them (fast);
                                         # "images": run the frozen base on (augmented) images every epoch
     # Phase 2: unfreeze the top of the base, BatchNorm kept frozen, at a ~100x lower rate.
-    finetune_epochs: int = 3            # 0 skips fine-tuning
+    finetune_epochs: int | None = None  # None = auto: 0 on a CPU (measured: no gain worth its time there),
+                                        # GPU_FINETUNE_EPOCHS on a GPU; 0 skips fine-tuning
     finetune_lr: float = 1e-5           # Adam learning rate when fine-tuning
     unfreeze_stages: int = 2            # top EfficientNet stages (plus the top conv) to unfreeze
     # Regularisation and schedule.
@@ -90,8 +101,9 @@ class TrainConfig:
         get_backbone(self.backbone)
         checks = [
             (self.batch_size >= 1, f"batch_size must be at least 1, not {self.batch_size}"),
-            (self.head_epochs >= 0 and self.finetune_epochs >= 0, "epochs cannot be negative"),
-            (self.head_epochs + self.finetune_epochs >= 1, "at least one epoch (head or fine-tune) is needed"),
+            (self.head_epochs >= 0 and (self.finetune_epochs or 0) >= 0, "epochs cannot be negative"),
+            (self.head_epochs + (self.finetune_epochs or 0) >= 1 or self.finetune_epochs is None,
+             "at least one epoch (head or fine-tune) is needed"),
             (0 < self.head_lr < 1 and 0 < self.finetune_lr < 1, "learning rates must be between 0 and 1"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1), not {self.dropout}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), not {self.label_smoothing}"),
@@ -105,6 +117,12 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise StudioError(f"Invalid config: {message}.")
+
+    def resolved_finetune_epochs(self, accelerator: str) -> int:
+        """Fine-tuning epochs for this device ("cpu" or "gpu") when left on auto."""
+        if self.finetune_epochs is not None:
+            return int(self.finetune_epochs)
+        return default_finetune_epochs(accelerator)
 
     @property
     def resolved_image_size(self) -> int:

@@ -116,6 +116,7 @@ class Trainer:
                                            "folders" if dataset.report.layout == "split_folders" else "random"))
         self.run.write_config({**config.to_dict(), "augmentation": spec,
                                "resolved": {"image_size": size, "classes": dataset.classes,
+                                            "finetune_epochs": config.resolved_finetune_epochs(device.accelerator),
                                             "device": device.to_dict(), "precision": policy, "xla": self.jit,
                                             "parallel": {"kind": self.parallel.kind, "replicas": replicas,
                                                          "devices": self.parallel.devices,
@@ -129,7 +130,8 @@ class Trainer:
         self.augment = build_pipeline(spec, seed=config.seed) if spec else None
         self.sample_weights = class_weight_vector(data.labels["train"], len(dataset.classes)) \
             if config.class_weights else None
-        self.plan = {PHASE_HEAD: config.head_epochs, PHASE_FINETUNE: config.finetune_epochs}
+        finetune_epochs = config.resolved_finetune_epochs(device.accelerator)
+        self.plan = {PHASE_HEAD: config.head_epochs, PHASE_FINETUNE: finetune_epochs}
         with self.parallel.context():  # variables, optimizers and steps live on every replica
             base = create_backbone(config.backbone, size, config.weights)
             if config.multi_level:
@@ -138,8 +140,8 @@ class Trainer:
             try:
                 if config.head_epochs > 0:
                     self._train_head(data)
-                if config.finetune_epochs > 0 and not self._stop_now():
-                    self._finetune(data)
+                if finetune_epochs > 0 and not self._stop_now():
+                    self._finetune(data, finetune_epochs)
             except StopTraining:  # stopped while computing features: the head keeps its initial weights
                 pass
             if not self.run.has_model():  # stopped before any validation: keep what there is
@@ -235,13 +237,13 @@ class Trainer:
             self.stop_signalled = True
         return self.stop_signalled
 
-    def _finetune(self, data: PreparedData) -> None:
+    def _finetune(self, data: PreparedData, epochs: int) -> None:
         """Phase 2: unfreeze the top stages (BatchNorm stays frozen) and continue at a much lower rate."""
         from core.model import set_finetune_trainable
 
         set_finetune_trainable(self.model, self.config.unfreeze_stages)
         self._compile(self.model, self.config.finetune_lr)
-        self._fit(self.model, PHASE_FINETUNE, self.config.finetune_epochs,
+        self._fit(self.model, PHASE_FINETUNE, epochs,
                   x=self._batches(data, "train", augment=True, shuffle=True),
                   validation_data=self._batches(data, "val", augment=False, shuffle=False),
                   images_per_step=self.global_batch)

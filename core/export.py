@@ -141,7 +141,6 @@ class _Exporter:
 
     def __init__(self, run: RunDir, model, data_root: Path | str | None):
         self.run, self.model, self.data_root = run, model, data_root
-        self.size = int(model.input.shape[1])
         self._saved_model: Path | None = None
         self._scratch: tempfile.TemporaryDirectory | None = None
 
@@ -160,8 +159,7 @@ class _Exporter:
         except StudioError:
             raise
         except Exception as err:  # a converter failing on one format should not lose the others
-            entry.update(passed=False, error=f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
-                         if str(err).strip() else type(err).__name__)
+            entry.update(passed=False, error=_error_text(err))
             return entry
         entry.update(parity_numbers(probs, reference, labels))
         entry["required_agreement"] = FLOAT_AGREEMENT if FORMATS[fmt].is_float else None
@@ -184,7 +182,7 @@ class _Exporter:
 
         Not Keras' own `format="onnx"`: it converts a traced function and lists the function's captured
         constants (the mean/variance of the Normalization layer in keras.applications' EfficientNetB0-B7 and
-        V2) as required graph inputs, so the .onnx cannot run. The SavedModel route freezes them.
+        V2-S) as required graph inputs, so the .onnx cannot run. The SavedModel route freezes them.
         """
         import tensorflow as tf
         from tf2onnx import convert, tf_loader
@@ -274,6 +272,12 @@ def _replace_tree(path: Path, write: Callable[[Path], Any]) -> None:
         tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _error_text(err: BaseException) -> str:
+    """The exception's type and first line, short enough for parity.json and a UI message."""
+    first = (str(err).strip().splitlines() or [""])[0][:300]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
 def _size(path: Path) -> int:

@@ -106,10 +106,11 @@ def test_bundle_classifier_gives_the_keras_top1(run: RunDir, exported: dict, val
     assert {bundle.path, bundle.path.with_suffix(".zip")} <= set(find_bundles(bundle.path.parent))
 
 
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
 def test_bundle_classifies_without_tensorflow_or_keras(run: RunDir, exported: dict, keras_classifier,
-                                                       flowers_dir: Path):
+                                                       flowers_dir: Path, fmt: str):
     """A fresh interpreter loads the zipped bundle and classifies files; no TensorFlow/Keras gets imported."""
-    archive = make_demo_bundle(run, "onnx").with_suffix(".zip")
+    archive = make_demo_bundle(run, fmt).with_suffix(".zip")
     photos = [str(p) for p in sorted((flowers_dir / "val").glob("*/*.jpg"))[::8]]
     script = (
         "import json, sys\n"
@@ -120,7 +121,7 @@ def test_bundle_classifies_without_tensorflow_or_keras(run: RunDir, exported: di
         "print(json.dumps({'heavy': heavy, 'predicted': [r['predicted'] for r in results]}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", script, str(archive), str(run.path / "unzipped"), *photos],
+    done = subprocess.run([sys.executable, "-c", script, str(archive), str(run.path / f"unzipped-{fmt}"), *photos],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,4 +1,4 @@
-"""Command line: train | evaluate | predict | inspect | export | bench.
+"""Command line: train | evaluate | predict | inspect | status | export | bench.
 
 JSON on stdout; on bad input a one-line `error: ...` on stderr and a non-zero exit.
 """
@@ -135,6 +135,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from core.jobs import run_state
+    from core.runs import RunDir
+
+    run = RunDir.open(args.run, args.models_dir)
+    _print_json({"run": run.run_id, **run_state(run), "has_model": run.has_model()})
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from core import bench
 
@@ -174,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="report a dataset folder as JSON; exit 2 if it can't be trained on")
     inspect.add_argument("data")
     inspect.set_defaults(func=cmd_inspect)
+
+    status = sub.add_parser("status", help="print a run's state as JSON (a dead trainer reads failed or stopped)")
+    status.add_argument("run", help="run folder or run id")
+    status.set_defaults(func=cmd_status)
 
     export = sub.add_parser("export", help="export a run with parity checks on its validation images; prints JSON")
     export.add_argument("run", help="run folder or run id")

@@ -8,47 +8,114 @@ read. One job at a time per models folder: two trainings would share one GPU (or
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from core import StudioError
 from core.config import TrainConfig
-from core.runs import FINAL_STATES, RunDir, list_runs, new_run_id, read_json, write_json_atomic
+from core.runs import (FINAL_STATES, HEARTBEAT_TIMEOUT_SECONDS, RunDir, list_runs, new_run_id, read_json,
+                       write_json_atomic)
 
 LOG = "train.log"
 JOB = "job.json"  # the launcher's record: child pid, command line, start time
+START_LOCK = ".start.lock"  # held while a Start checks for a busy slot and launches (flock)
+SLOT = "active-job.json"  # in the lock folder: the one run that may train now, whichever workspace it is in
 ACTIVE_STATES = ("queued", "running")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Child processes started by this server process, kept so that finished ones are reaped (no zombies).
 _children: dict[int, subprocess.Popen] = {}
 
 
-def start_training(config: TrainConfig, models_dir: Path, run_name: str = "",
-                   python: str | None = None) -> RunDir:
-    """Write the config and a queued status into a new run folder, then launch the trainer on it."""
+def start_training(config: TrainConfig, models_dir: Path, run_name: str = "", python: str | None = None,
+                   lock_dir: Path | None = None) -> RunDir:
+    """Write the config and a queued status into a new run folder, then launch the trainer on it.
+
+    `lock_dir` is shared by everyone who must take turns (the app passes the root workspace, so two sessions'
+    runs never train at once); the check and the launch happen under one file lock, so two Start clicks
+    arriving together start one job.
+    """
     config.validate()
-    busy = active_run(models_dir)
-    if busy is not None:
-        raise StudioError(f"Run {busy.run_id} is still {run_state(busy)['state']}; stop it or wait for it to "
-                          "finish before starting another (one training at a time).")
-    run = RunDir.create(models_dir, new_run_id())
-    values = config.to_dict()
-    if run_name:
-        values["run_name"] = run_name
-    run.write_config(values)
-    run.set_status("queued", message="Starting the trainer", created=time.time())
-    command = [python or sys.executable, "-m", "core", "--models-dir", str(Path(models_dir).resolve()),
-               "train", "--config", str(run.file("config.json").resolve()), "--run-id", run.run_id]
-    with open(run.file(LOG), "ab") as log:
-        # A new session: the trainer outlives a Streamlit restart and gets no Ctrl-C meant for the server.
-        child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True, env=_child_env())
-    _children[child.pid] = child
-    write_json_atomic(run.file(JOB), {"pid": child.pid, "command": command, "started": time.time()})
+    models_dir = Path(models_dir)
+    lock_dir = Path(lock_dir or models_dir)
+    with start_lock(lock_dir):
+        busy = active_run(models_dir)
+        if busy is not None:
+            raise StudioError(f"Run {busy.run_id} is still {run_state(busy)['state']}; stop it or wait for it to "
+                              "finish before starting another (one training at a time).")
+        if slot_busy(lock_dir):
+            raise StudioError("Another session is training on this machine right now (one training at a time); "
+                              "try again when it has finished.")
+        run = _launch(config, models_dir, run_name, python)
+        write_json_atomic(lock_dir / SLOT, {"run": str(run.path.resolve()), **read_json(run.file(JOB), {})})
+    return run
+
+
+@contextlib.contextmanager
+def start_lock(folder: Path, timeout: float = 30.0) -> Iterator[None]:
+    """An exclusive lock on `folder`/.start.lock (fcntl.flock: between threads and between processes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / START_LOCK, "a+b") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StudioError("Another Start is still being handled; try again in a moment.") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def slot_busy(lock_dir: Path) -> bool:
+    """True while the job recorded in `lock_dir`'s slot (any session's) is still queued or training."""
+    slot = _read_json_quietly(Path(lock_dir) / SLOT)
+    if not slot.get("run"):
+        return False
+    run = RunDir(slot["run"])
+    if (run.path / "config.json").is_file():
+        return run_state(run).get("state") in ACTIVE_STATES
+    return process_alive(slot.get("pid"), slot.get("pid_start"))  # its folder was deleted under it
+
+
+def _launch(config: TrainConfig, models_dir: Path, run_name: str, python: str | None) -> RunDir:
+    """Create the run folder and start the trainer; on a disk or permission error remove only this new folder."""
+    run: RunDir | None = None
+    child: subprocess.Popen | None = None
+    try:
+        run = RunDir.create(models_dir, new_run_id())
+        values = config.to_dict()
+        if run_name:
+            values["run_name"] = run_name
+        run.write_config(values)
+        run.set_status("queued", message="Starting the trainer", created=time.time())
+        command = [python or sys.executable, "-m", "core", "--models-dir", str(Path(models_dir).resolve()),
+                   "train", "--config", str(run.file("config.json").resolve()), "--run-id", run.run_id]
+        with open(run.file(LOG), "ab") as log:
+            # A new session: the trainer outlives a Streamlit restart and gets no Ctrl-C meant for the server.
+            child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, env=_child_env())
+        _children[child.pid] = child
+        write_json_atomic(run.file(JOB), {"pid": child.pid, "pid_start": process_start_ticks(child.pid),
+                                          "command": command, "started": time.time()})
+    except OSError as err:
+        if child is not None:
+            child.kill()
+            child.wait()
+        if run is not None:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise StudioError(f"Could not start a run in {models_dir} ({err.strerror or type(err).__name__}); earlier "
+                          "runs are untouched. Free some disk space or check the folder's permissions.") from None
     return run
 
 
@@ -69,41 +136,94 @@ def reap() -> None:
 
 def job_pid(run: RunDir) -> int | None:
     """The trainer's process id as recorded by the launcher (None for runs started elsewhere, e.g. the CLI)."""
-    job = read_json(run.file(JOB), {}) or {}
+    job = _read_json_quietly(run.file(JOB))
     return int(job["pid"]) if job.get("pid") else None
 
 
-def process_alive(pid: int | None) -> bool:
-    """True while a process with this id exists and is not a zombie."""
+def _read_json_quietly(path: Path) -> dict[str, Any]:
+    """A small JSON record, {} when missing or damaged (a reader must never crash on a half-deleted run)."""
+    try:
+        value = read_json(path, {})
+    except (ValueError, OSError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, from /proc), to tell it from a later one with its pid."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_alive(pid: int | None, start_ticks: int | None = None) -> bool:
+    """True while a process with this id exists, is not a zombie, and (if known) started when ours did."""
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError, OverflowError):
         return False
     except PermissionError:
         return True
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
     except (OSError, IndexError):
         return True  # no /proc (macOS): kill(0) said it exists
-    return state not in ("Z", "X")
+    if fields[0] in ("Z", "X"):
+        return False
+    # After a reboot (or a long time) the pid may belong to another program: then ours is gone.
+    return start_ticks is None or not fields[19:20] or int(fields[19]) == int(start_ticks)
+
+
+def heartbeat_timeout() -> float:
+    """Seconds of silence after which a run whose trainer is gone is reported ended ($STUDIO_HEARTBEAT_TIMEOUT)."""
+    try:
+        return float(os.environ.get("STUDIO_HEARTBEAT_TIMEOUT") or HEARTBEAT_TIMEOUT_SECONDS)
+    except ValueError:
+        return HEARTBEAT_TIMEOUT_SECONDS
 
 
 def run_state(run: RunDir) -> dict[str, Any]:
-    """The run's status, with a job whose process is gone reported as failed at once (not after a timeout)."""
+    """The run's status as a person should see it: a run whose trainer is gone is never shown as running.
+
+    With the launcher's record (job.json) a dead trainer is noticed at once; for runs started elsewhere (the CLI)
+    after the heartbeat timeout. A vanished trainer whose run was asked to stop reads 'stopped', else 'failed';
+    either way the best model saved so far stays usable. A live trainer that has gone silent is flagged stalled.
+    """
     reap()
-    status = run.effective_status()
-    if status.get("state") in ACTIVE_STATES:
-        pid = job_pid(run)
-        if pid is not None and not process_alive(pid):
-            status = run.effective_status()  # the trainer may have written its final state just now
-            if status.get("state") in ACTIVE_STATES:
-                status["state"] = "failed"
-                status["error"] = status.get("error") or (
-                    "The training process ended without reporting a result. The end of its log:\n"
-                    + log_tail(run, 15))
+    try:
+        status = run.effective_status()
+    except (ValueError, OSError) as err:  # status.json damaged or unreadable
+        return {"state": "failed", "error": f"The run's status file cannot be read ({err})."}
+    if status.get("state") not in ACTIVE_STATES:
+        return status
+    job = _read_json_quietly(run.file(JOB))
+    age = time.time() - float(status.get("heartbeat") or 0)
+    if job.get("pid"):
+        gone = not process_alive(job["pid"], job.get("pid_start"))
+    else:
+        gone = age > heartbeat_timeout() and not process_alive(status.get("pid"))
+    if gone:
+        status = run.effective_status()  # the trainer may have written its final state just now
+        if status.get("state") in ACTIVE_STATES:
+            return _ended(run, status)
+    elif age > heartbeat_timeout():
+        status["stalled"] = (f"No heartbeat from the trainer for {age:.0f} s although its process is alive; it may "
+                             "be stuck. Stop it, or wait.")
     return status
+
+
+def _ended(run: RunDir, status: dict[str, Any]) -> dict[str, Any]:
+    """The state of a run whose trainer vanished without writing a final state."""
+    kept = " The best model saved so far is kept and can be evaluated and used." if run.has_model() else ""
+    if run.stop_requested():
+        return {**status, "state": "stopped", "message": "The trainer ended after a stop request." + kept}
+    return {**status, "state": "failed",
+            "error": status.get("error") or ("The training process ended without reporting a result (killed, "
+                                             "out of memory, or the server restarted)." + kept
+                                             + " The end of its log:\n" + log_tail(run, 15))}
 
 
 def active_run(models_dir: Path) -> RunDir | None:

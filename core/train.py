@@ -281,8 +281,12 @@ class Trainer:
         """Save atomically: a reader never sees half a model.keras."""
         final = self.run.file(MODEL)
         temporary = self.run.file(".model.partial.keras")
-        model.save(temporary)
-        os.replace(temporary, final)
+        try:
+            model.save(temporary)
+            os.replace(temporary, final)
+        except BaseException:  # e.g. disk full: the previous best model.keras stays as it was
+            temporary.unlink(missing_ok=True)
+            raise
 
     # ----------------------------------------------------------------------------- evaluation
     def _final_evaluation(self, data: PreparedData) -> dict[str, Any]:

@@ -9,12 +9,17 @@ import streamlit as st
 
 from core import StudioError
 from core import device as core_device
-from core import jobs, workspace
+from core import jobs, samples
 from core.datasets import Dataset, scan
+from core.images import ImageError
 from core.ingest import fingerprint
 from core.runs import RunDir, list_runs
+from core.workspace import (SESSIONS, Workspace, is_plain_name, new_session_id, shared_workspace, valid_session_id,
+                            workspace_dir)
 
 RUN_PARAM = "run"  # ?run=<id> in the address bar reattaches a reload or a second tab to a run
+WORKSPACE_PARAM = "ws"  # ?ws=<session id> keeps a reload (or a bookmark) in the same private workspace
+WORKSPACE_KEY = "workspace_id"
 
 
 SHELL_FLAG = "_in_app_shell"
@@ -41,12 +46,50 @@ def ensure_app_shell() -> None:
 
 
 def run_in_shell(page) -> None:
-    """Run the chosen page, marked as running inside the app shell (see ensure_app_shell)."""
+    """Run the chosen page, marked as running inside the app shell (see ensure_app_shell).
+
+    A StudioError, an image problem or a disk/permission error that a page did not handle itself is shown as
+    the sentence it is instead of a traceback: a public demo must not die on a strange file or a full disk.
+    """
     st.session_state[SHELL_FLAG] = True
     try:
         page.run()
+    except (StudioError, ImageError, OSError) as err:
+        show_error(err)
     finally:
         st.session_state[SHELL_FLAG] = False
+
+
+# ----------------------------------------------------------------------------------------- workspace
+def current_workspace(sync_address: bool = True) -> Workspace:
+    """This browser session's workspace (or the shared one when STUDIO_SHARED_WORKSPACE is set).
+
+    The session's id lives in st.session_state (kept across page switches) and in the address bar as ?ws=
+    (kept across reloads and bookmarks); an id in the address that new_session_id() could not have made is
+    ignored and a fresh one is issued, so the address can never point at a folder.
+    """
+    if shared_workspace():
+        return Workspace.root()
+    session_id = st.session_state.get(WORKSPACE_KEY)
+    if not valid_session_id(session_id):
+        from_address = st.query_params.get(WORKSPACE_PARAM)
+        session_id = from_address if valid_session_id(from_address) else new_session_id()
+        st.session_state[WORKSPACE_KEY] = session_id
+    if sync_address and st.query_params.get(WORKSPACE_PARAM) != session_id:
+        st.query_params[WORKSPACE_PARAM] = session_id
+    return Workspace.for_session(session_id)
+
+
+def allowed_dataset(path: Path) -> bool:
+    """Datasets a page may open: this workspace's own, and the server's samples (never another session's)."""
+    workspace = current_workspace(sync_address=False)
+    if workspace.contains(path):
+        return True
+    resolved = path.resolve()
+    if resolved.is_relative_to((workspace_dir() / SESSIONS).resolve()):
+        return False  # another session's folder
+    shared_samples = [samples.flowers_mini_dir(), samples.tf_flowers_dir()]
+    return any(s is not None and resolved.is_relative_to(Path(s).resolve()) for s in shared_samples)
 
 
 # ----------------------------------------------------------------------------------------- cached work
@@ -76,32 +119,39 @@ def classifier_cached(run_path: str, model_stamp: float):
 
 
 def load_classifier(run: RunDir):
-    """The run's classifier, loaded once and kept while its model file is unchanged."""
+    """The run's classifier (only a run of this workspace; Keras safe mode), kept while its model is unchanged."""
     from core.runs import MODEL
 
+    if not current_workspace(sync_address=False).contains(run.path):
+        raise StudioError(f"Run {run.run_id} is not in this workspace.")
     return classifier_cached(str(run.path), run.file(MODEL).stat().st_mtime)
 
 
 # ----------------------------------------------------------------------------------------- shared state
 def current_dataset_path() -> Path | None:
     """The dataset chosen on the Data page (remembered in the workspace, so reloads keep it)."""
-    value = workspace.load_state().get("dataset")
-    return Path(value) if value and Path(value).is_dir() else None
+    value = current_workspace(sync_address=False).load_state().get("dataset")
+    if not isinstance(value, str) or not value:
+        return None
+    path = Path(value)
+    return path if path.is_dir() and allowed_dataset(path) else None
 
 
 def set_current_dataset(path: Path) -> None:
     """Make `path` the dataset every page works on."""
-    workspace.save_state(dataset=str(path))
+    if not allowed_dataset(Path(path)):
+        raise StudioError(f"{path} is neither in this workspace nor a sample dataset.")
+    current_workspace(sync_address=False).save_state(dataset=str(path))
 
 
 def current_augmentation() -> Any:
     """The augmentation chosen on the Augment page: a preset name or an explicit spec list."""
-    return workspace.load_state().get("augmentation", "light")
+    return current_workspace(sync_address=False).load_state().get("augmentation", "light")
 
 
 def runs() -> list[RunDir]:
     """All runs in the workspace, newest first."""
-    return list_runs(workspace.runs_dir())
+    return list_runs(current_workspace(sync_address=False).runs_dir())
 
 
 def run_label(run: RunDir) -> str:
@@ -112,8 +162,11 @@ def run_label(run: RunDir) -> str:
 
 
 def selected_run_id() -> str | None:
-    """The run named in the address bar, else the last one this session looked at."""
-    return st.query_params.get(RUN_PARAM) or st.session_state.get("run_id")
+    """The run named in the address bar, else the last one this session looked at (a plain run id, or None)."""
+    for candidate in (st.query_params.get(RUN_PARAM), st.session_state.get("run_id")):
+        if candidate and is_plain_name(candidate):
+            return candidate
+    return None
 
 
 def remember_run(run: RunDir) -> None:
@@ -159,6 +212,7 @@ def need_dataset() -> Dataset | None:
 # ----------------------------------------------------------------------------------------- sidebar
 def sidebar() -> None:
     """Device, backend, current dataset and the active run, on every page."""
+    current_workspace()  # issue or confirm this session's workspace id, and put it in the address bar
     with st.sidebar:
         st.caption("Compute")
         try:
@@ -171,7 +225,7 @@ def sidebar() -> None:
         path = current_dataset_path()
         st.markdown(f"`{path.name}`" if path else "none chosen")
         st.caption("Training")
-        active = jobs.active_run(workspace.runs_dir())
+        active = jobs.active_run(current_workspace(sync_address=False).runs_dir())
         if active is not None:
             status = jobs.run_state(active)
             st.markdown(f"`{active.run_id}`  \n**{status.get('state')}** · {status.get('phase') or ''}")

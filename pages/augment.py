@@ -4,11 +4,11 @@ import json
 
 import streamlit as st
 
-from core import StudioError, workspace
+from core import StudioError
 from core.augment import PRESETS, describe_spec, resolve_spec
 from core.images import ImageError, read_image, resize_for_model
 from core.previews import EDITABLE_TRANSFORMS, augmented_copies, editable_state, preview_images, spec_from_editor
-from pages._common import current_augmentation, ensure_app_shell, need_dataset, show_error
+from pages._common import current_augmentation, current_workspace, ensure_app_shell, need_dataset, show_error
 
 PREVIEW_SIZE = 224
 COPIES = 5
@@ -58,7 +58,7 @@ def json_editor(spec: list) -> None:
             except StudioError as err:
                 show_error(err)
                 return
-            workspace.save_state(augmentation=parsed)
+            current_workspace(sync_address=False).save_state(augmentation=parsed)
             for key in [k for k in st.session_state if str(k).startswith("aug_")]:
                 del st.session_state[key]  # let the switches show the applied spec
             st.session_state["aug_mode"] = CUSTOM
@@ -98,11 +98,11 @@ try:
         base = resolve_spec(saved)  # a preset's entries become the switches' starting point
         spec = resolve_spec(custom_editor(base))
         if spec != saved:
-            workspace.save_state(augmentation=spec)
+            current_workspace(sync_address=False).save_state(augmentation=spec)
     else:
         spec = resolve_spec(mode)
         if saved != mode:
-            workspace.save_state(augmentation=mode)
+            current_workspace(sync_address=False).save_state(augmentation=mode)
 except StudioError as err:
     show_error(err)
     st.stop()

@@ -57,6 +57,10 @@ try:
 except StudioError as err:
     show_error(err)
     st.stop()
+except Exception as err:  # a damaged file, or code in it that Keras safe mode refuses to run: say so, don't crash
+    st.error(f"The model of run {run.run_id} cannot be loaded ({type(err).__name__}: {str(err)[:300]}). "
+             "Pick another run, or train again.")
+    st.stop()
 st.caption(f"{len(classifier.classes)} classes: {', '.join(classifier.classes)} · input {classifier.image_size} px")
 controls = st.columns([3, 1, 1])
 uploads = controls[0].file_uploader("Photos to classify", type=IMAGE_TYPES, accept_multiple_files=True,

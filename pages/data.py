@@ -3,13 +3,13 @@
 import pandas as pd
 import streamlit as st
 
-from core import StudioError, charts, samples, workspace
+from core import StudioError, charts, samples
 from core.datasets import split_samples
-from core.images import IMAGE_EXTENSIONS
-from core.ingest import ingest_files, ingest_zip, list_datasets
+from core.images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
+from core.ingest import ingest_files, ingest_zip, list_datasets, upload_limits
 from core.previews import examples_per_class, thumbnail
-from pages._common import (current_dataset_path, ensure_app_shell, load_dataset, set_current_dataset,
-                           show_error)
+from pages._common import (current_dataset_path, current_workspace, ensure_app_shell, load_dataset,
+                           set_current_dataset, show_error)
 
 IMAGE_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]
 
@@ -62,18 +62,28 @@ def sample_tab() -> None:
         st.caption("This machine cannot reach storage.googleapis.com, so the download is not offered.")
 
 
+def limits_caption() -> None:
+    """The upload limits in force, so a refusal never comes as a surprise."""
+    per_file = st.get_option("server.maxUploadSize")
+    st.caption(f"Limits: each file (or .zip) up to {per_file:,} MB. {upload_limits().describe()} Images over "
+               f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, smaller than 2x2 pixels, damaged or truncated are listed "
+               "as unreadable and left out; nothing else stops the upload.")
+
+
 def folder_tab() -> None:
     """The directory uploader: each file's relative name gives its class folder."""
     files = st.file_uploader("Choose the folder that holds one sub-folder per class", type=IMAGE_TYPES,
                              accept_multiple_files="directory", key="folder_upload",
                              help="Image files only (JPEG, PNG, BMP, WebP); the class is the name of each "
                                   "image's parent folder.")
+    limits_caption()
     if files:
         signature = tuple(sorted((f.file_id, f.name) for f in files))
         if st.session_state.get("ingested") != signature:
             try:
                 with st.spinner(f"Saving {len(files)} files…"):
-                    folder = ingest_files([(f.name, f.getvalue()) for f in files])
+                    folder = ingest_files([(f.name, f.getvalue()) for f in files],
+                                          destination=current_workspace().datasets_dir())
             except StudioError as err:
                 show_error(err)
                 return
@@ -84,10 +94,11 @@ def folder_tab() -> None:
 def zip_tab() -> None:
     """A .zip of the dataset folder."""
     upload = st.file_uploader("Choose a .zip of the dataset folder", type=["zip"], key="zip_upload")
+    limits_caption()
     if upload is not None and st.session_state.get("ingested") != upload.file_id:
         try:
             with st.spinner(f"Unpacking {upload.name}…"):
-                folder = ingest_zip(upload.getvalue(), upload.name)
+                folder = ingest_zip(upload.getvalue(), upload.name, destination=current_workspace().datasets_dir())
         except StudioError as err:
             show_error(err)
             return
@@ -97,7 +108,7 @@ def zip_tab() -> None:
 
 def earlier_tab() -> None:
     """Datasets uploaded earlier into this workspace."""
-    earlier = list_datasets()
+    earlier = list_datasets(current_workspace().datasets_dir())
     if not earlier:
         st.caption("Nothing uploaded yet.")
         return
@@ -144,6 +155,7 @@ def split_table(dataset) -> None:
     st.markdown("**The split training will use**")
     if dataset.report.layout == "split_folders":
         st.caption("The dataset has its own train/val folders, which are used as they are.")
+    workspace = current_workspace(sync_address=False)
     state = workspace.load_state()
     fraction = st.slider("Validation share (when there is no val/ folder)", 0.1, 0.5,
                          float(state.get("val_fraction", 0.2)), 0.05, key="val_fraction",

@@ -84,6 +84,9 @@ def single_run() -> None:
             except StudioError as err:
                 show_error(err)
                 return
+            except Exception as err:  # a damaged or unsafe model file: report it, keep the page
+                st.error(f"Run {run.run_id} could not be evaluated ({type(err).__name__}: {str(err)[:300]}).")
+                return
             st.rerun()
         return
     summary(evaluation)

@@ -4,13 +4,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import StudioError, charts, jobs, workspace
+from core import StudioError, charts, jobs
 from core.augment import describe_spec, resolve_spec
 from core.backbones import BACKBONES, DEFAULT_BACKBONE
 from core.config import TrainConfig
 from core.runs import RunDir
-from pages._common import (current_augmentation, device_info, ensure_app_shell, need_dataset, remember_run,
-                           selected_run_id, show_error)
+from core.workspace import workspace_dir
+from pages._common import (current_augmentation, current_workspace, device_info, ensure_app_shell, need_dataset,
+                           remember_run, selected_run_id, show_error)
 
 POLL_SECONDS = 2.0
 IMAGE_SIZES = [96, 128, 160, 192, 224, 240, 256, 260, 288, 300, 320, 380, 384, 456, 528, 600]
@@ -21,7 +22,7 @@ DEFAULTS = TrainConfig()
 def settings(dataset_root: Path, accelerator: str) -> dict:
     """The training settings as config values; defaults make Start alone work."""
     quick = jobs.recommended_settings(accelerator)
-    state = workspace.load_state()
+    state = current_workspace().load_state()
     names = list(BACKBONES)
     left, middle, right = st.columns(3)
     backbone = left.selectbox("Backbone", names, index=names.index(DEFAULT_BACKBONE), key="backbone",
@@ -65,7 +66,9 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
 def start(values: dict) -> None:
     """Validate and launch; a refusal (bad setting, a run already training) is shown as the sentence it is."""
     try:
-        run = jobs.start_training(TrainConfig.from_dict(values), workspace.runs_dir(), values.get("run_name", ""))
+        # The lock folder is the root workspace: one training at a time on this machine, across sessions.
+        run = jobs.start_training(TrainConfig.from_dict(values), current_workspace().runs_dir(),
+                                  values.get("run_name", ""), lock_dir=workspace_dir())
     except StudioError as err:
         show_error(err)
         return
@@ -75,7 +78,10 @@ def start(values: dict) -> None:
 
 def render_run(run_id: str) -> None:
     """Status, progress, Stop, error text and curves of one run, read from its folder."""
-    run = RunDir(workspace.runs_dir() / run_id)
+    run = current_workspace(sync_address=False).run(run_id)
+    if run is None:
+        st.warning(f"Run {run_id} is not in this workspace.")
+        return
     status = jobs.run_state(run)
     state = status.get("state", "queued")
     config = run.read_config()
@@ -83,6 +89,8 @@ def render_run(run_id: str) -> None:
     fraction, caption = jobs.progress(status, config)
     if state in jobs.ACTIVE_STATES:
         st.progress(fraction, text=caption)
+        if status.get("stalled"):
+            st.warning(status["stalled"])
         if run.stop_requested():
             st.info("Stop requested: the trainer stops after the current batch and keeps the best model.")
         elif st.button("Stop", icon=":material/stop_circle:", key="stop_run"):
@@ -126,19 +134,20 @@ def finished_run(run_id: str) -> None:
 
 def run_to_show() -> RunDir | None:
     """The run in the address bar or this session; else the one training now (a second tab sees it)."""
-    runs_dir = workspace.runs_dir()
+    workspace = current_workspace()
     wanted = selected_run_id()
-    if wanted and (runs_dir / wanted / "config.json").is_file():
-        return RunDir(runs_dir / wanted)
+    run = workspace.run(wanted) if wanted else None
+    if run is not None:
+        return run
     if wanted:
-        st.warning(f"Run {wanted} was not found in {runs_dir}.")
-    return jobs.active_run(runs_dir)
+        st.warning(f"Run {wanted} was not found in this workspace.")
+    return jobs.active_run(workspace.runs_dir())
 
 
 ensure_app_shell()
 st.title("Train")
 dataset = need_dataset()
-active = jobs.active_run(workspace.runs_dir())
+active = jobs.active_run(current_workspace().runs_dir())
 if dataset is not None:
     if not dataset.report.trainable:
         st.error("This dataset cannot be trained on: " + " ".join(dataset.report.errors))
@@ -151,6 +160,8 @@ if dataset is not None:
         values = settings(dataset.root, device.get("accelerator", "cpu"))
         if active is not None:
             st.caption(f"Run {active.run_id} is training; a new run can start when it ends or is stopped.")
+        elif jobs.slot_busy(workspace_dir()):
+            st.caption("Another session is training on this machine; a new run can start when it has finished.")
         if st.button("Start training", type="primary", icon=":material/play_arrow:"):
             start(values)
 

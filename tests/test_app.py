@@ -71,8 +71,12 @@ def make_run(runs_dir: Path, run_id: str, state: str = "succeeded", evaluation: 
 
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty workspace, a fast fake device, and fresh Streamlit caches."""
+    """An empty shared workspace (so tests can look inside it), a fast fake device, and fresh Streamlit caches.
+
+    Per-session workspaces (the default) are tested in tests/test_hardening.py.
+    """
     monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.setenv("STUDIO_SHARED_WORKSPACE", "1")
     monkeypatch.setattr("core.device.detect_device", lambda: DeviceInfo("tensorflow", "cpu", "CPU only", 1))
     monkeypatch.setattr("core.samples.is_online", lambda *a, **k: False)
     st.cache_data.clear()
@@ -185,7 +189,7 @@ def test_augment_presets_custom_switches_and_json(workspace: Path) -> None:
 def test_start_launches_a_job_and_shows_it(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     launched = {}
 
-    def fake_start(config, models_dir, run_name=""):
+    def fake_start(config, models_dir, run_name="", lock_dir=None):
         launched["config"] = config
         return make_run(Path(models_dir), "run-fake-1", state="running", pid=os.getpid())
 

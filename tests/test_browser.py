@@ -127,9 +127,58 @@ def test_upload_augment_train_evaluate_classify(tmp_path: Path) -> None:
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "failure.png"))
             shutil.copy(tmp_path / "server.log", ARTIFACTS / "server.log")
-            for log in workspace.glob("runs/*/train.log"):
+            for log in workspace.rglob("runs/*/train.log"):  # runs live in the session's own workspace
                 shutil.copy(log, ARTIFACTS / "train.log")
             raise
         finally:
             browser.close()
     print("browser flow timings (s):", {k: round(v, 1) for k, v in timings.items()})
+
+
+def test_two_sessions_never_see_each_others_dataset(tmp_path: Path) -> None:
+    """Two browser contexts (two people): what one uploads, the other never sees; a reload keeps one's own."""
+    require(Path(CHROMIUM).is_file(), f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    require(flowers_mini() is not None, "flowers-mini is missing (see core.samples.flowers_mini_missing_message)")
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=30_000)
+    upload = tmp_path / "alice-flowers"
+    for name in CLASSES[:2]:
+        (upload / name).mkdir(parents=True)
+        for image in sorted((flowers_mini() / "train" / name).iterdir())[:3]:
+            shutil.copy(image, upload / name / image.name)
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    with streamlit_server(workspace, tmp_path / "server.log") as url, sync_playwright() as p:
+        browser = launch_chromium(p)
+        alice = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        bob = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        try:
+            alice.goto(url)
+            alice.get_by_role("tab", name="Upload a folder").click()
+            alice.locator('[data-testid="stFileUploader"] input[webkitdirectory]').set_input_files(str(upload))
+            expect(alice.get_by_text("Ready to train")).to_be_visible(timeout=90_000)
+            sidebar = '[data-testid="stSidebar"]'
+            expect(alice.locator(sidebar).get_by_text("alice-flowers-")).to_be_visible()
+
+            bob.goto(url)
+            wait_idle(bob)
+            expect(bob.locator(sidebar).get_by_text("none chosen")).to_be_visible()
+            bob.get_by_role("tab", name="Earlier uploads").click()
+            expect(bob.get_by_text("Nothing uploaded yet.")).to_be_visible()
+            expect(bob.get_by_text("alice-flowers")).to_have_count(0)
+            assert "ws=" in alice.url and "ws=" in bob.url and alice.url != bob.url, (alice.url, bob.url)
+            snapshot(bob, "second-session")
+
+            alice.reload()  # ?ws= in the address brings Alice back to her own workspace
+            expect(alice.get_by_text("Ready to train")).to_be_visible(timeout=60_000)
+            expect(alice.locator(sidebar).get_by_text("alice-flowers-")).to_be_visible()
+        except Exception:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            alice.screenshot(path=str(ARTIFACTS / "failure-alice.png"))
+            bob.screenshot(path=str(ARTIFACTS / "failure-bob.png"))
+            shutil.copy(tmp_path / "server.log", ARTIFACTS / "server.log")
+            raise
+        finally:
+            browser.close()
+    assert len(list((workspace / "sessions").iterdir())) == 2

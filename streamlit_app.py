@@ -2,15 +2,18 @@
 
 import streamlit as st
 
+from core import profile
 from pages._common import run_in_shell, sidebar
 
 st.set_page_config(page_title="EfficientNet Studio", page_icon=":material/local_florist:", layout="wide")
 
+# A serve-profile deployment (no TensorFlow) can only show demo bundles, so it opens on Evaluate, not on Data.
+serving = not profile.is_train_profile()
 page = st.navigation([
-    st.Page("pages/data.py", title="Data", icon=":material/folder_open:", default=True),
+    st.Page("pages/data.py", title="Data", icon=":material/folder_open:", default=not serving),
     st.Page("pages/augment.py", title="Augment", icon=":material/auto_fix_high:"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:", default=serving),
     st.Page("pages/classify.py", title="Classify", icon=":material/image_search:"),
 ])
 sidebar()

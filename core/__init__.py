@@ -9,10 +9,13 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # TensorFlow's C++ start-up chatter hides our own messages on the CLI.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # STUDIO_CPU_DEVICES must reach XLA before JAX starts, i.e. before anything imports keras.
+# Simulated devices share the real cores, so one can reach an all-reduce long after the other: XLA's default
+# 40 s rendezvous deadline then aborts the process on a busy 2-core machine.
 if int(os.environ.get("STUDIO_CPU_DEVICES", "0") or 0) > 1:
-    _flag = f"--xla_force_host_platform_device_count={os.environ['STUDIO_CPU_DEVICES']}"
-    if _flag not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+    for _flag in (f"--xla_force_host_platform_device_count={os.environ['STUDIO_CPU_DEVICES']}",
+                  "--xla_cpu_collective_call_terminate_timeout_seconds=1800"):
+        if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 
 class StudioError(Exception):

@@ -35,7 +35,7 @@ BUNDLE_VERSION = 1
 BUNDLE_FILES = ("classes.json", "config.json", "metrics.jsonl", "evaluation.json")
 RUNTIMES = {".onnx": "onnxruntime", ".tflite": "litert"}
 # LiteRT float32: exact parity, and against ONNX Runtime on a B0 bundle it loaded faster, classified faster and
-# peaked ~30 MiB lower, for a similar install size (docs/deploy-measurements.md). ONNX stays supported.
+# peaked ~30 MiB lower, for a similar install size (docs/deploy.md). ONNX stays supported.
 DEFAULT_RUNTIME_FORMAT = "tflite"
 # Zip safety: a bundle holds a dozen files; the largest model (B7 float32) is ~260 MB.
 MAX_ZIP_MEMBERS = 200

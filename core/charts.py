@@ -35,6 +35,19 @@ def normalise_rows(matrix: np.ndarray) -> np.ndarray:
     return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
 
 
+def parity_rows(parity: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """exports/parity.json as table rows, one per format: size, top-1 agreement with Keras, accuracies, verdict."""
+    rows = []
+    for fmt, entry in parity.items():
+        size = entry.get("bytes")
+        rows.append({"format": fmt, "size (MB)": round(size / 1e6, 1) if size else None,
+                     "top-1 agreement": entry.get("agreement"), "Keras accuracy": entry.get("keras_accuracy"),
+                     "export accuracy": entry.get("export_accuracy"), "images": entry.get("images"),
+                     "max prob. difference": entry.get("max_abs_probability_difference"),
+                     "passed": entry.get("passed"), "note": entry.get("error") or ""})
+    return rows
+
+
 def best_epoch(epochs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The epoch with the lowest validation loss (the one whose model is kept)."""
     scored = [e for e in epochs if e.get("val_loss") is not None and np.isfinite(e["val_loss"])]

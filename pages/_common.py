@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import streamlit as st
 
 from core import StudioError
 from core import device as core_device
-from core import jobs, samples
+from core import jobs, profile, samples
 from core.datasets import Dataset, scan
 from core.images import ImageError
 from core.ingest import fingerprint
@@ -18,6 +19,7 @@ from core.workspace import (SESSIONS, Workspace, is_plain_name, new_session_id, 
                             workspace_dir)
 
 RUN_PARAM = "run"  # ?run=<id> in the address bar reattaches a reload or a second tab to a run
+DEMO_PARAM = "demo"  # ?demo=<bundle file name>: the demo bundle Evaluate/Classify show, kept across reloads
 WORKSPACE_PARAM = "ws"  # ?ws=<session id> keeps a reload (or a bookmark) in the same private workspace
 WORKSPACE_KEY = "workspace_id"
 
@@ -127,6 +129,22 @@ def load_classifier(run: RunDir):
     return classifier_cached(str(run.path), run.file(MODEL).stat().st_mtime)
 
 
+@st.cache_resource(show_spinner="Loading the demo bundle…", max_entries=4)
+def bundle_cached(path: str, stamp: tuple[float, int]):
+    """A checked, loaded demo bundle (LiteRT/ONNX, no TensorFlow); `stamp` (mtime, size) reloads a replaced one."""
+    from core.bundle import load_demo_bundle
+
+    return load_demo_bundle(path)
+
+
+def load_bundle(path: Path):
+    """The demo bundle at `path` (only one from the demo folder: the address bar can't name other files)."""
+    if path.resolve().parent != profile.demo_dir().resolve():
+        raise StudioError(f"{path.name} is not a demo bundle of this deployment.")
+    info = path.stat()
+    return bundle_cached(str(path), (info.st_mtime, info.st_size))
+
+
 # ----------------------------------------------------------------------------------------- shared state
 def current_dataset_path() -> Path | None:
     """The dataset chosen on the Data page (remembered in the workspace, so reloads keep it)."""
@@ -176,18 +194,71 @@ def remember_run(run: RunDir) -> None:
         st.query_params[RUN_PARAM] = run.run_id
 
 
-def pick_run(label: str, runs_list: list[RunDir], key: str) -> RunDir | None:
-    """A select box of runs, preselecting the remembered one; remembers the choice."""
-    if not runs_list:
+def require_train_profile(what: str) -> None:
+    """In the serve profile: say plainly why this page can't work here, point to the pages that do, stop."""
+    if profile.is_train_profile():
+        return
+    st.info(profile.train_profile_message(what), icon=":material/info:")
+    links = st.columns(4)
+    links[0].page_link("pages/evaluate.py", label="Evaluate the demo", icon=":material/analytics:")
+    links[1].page_link("pages/classify.py", label="Classify photos", icon=":material/image_search:")
+    st.stop()
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One entry of the Evaluate/Classify pickers: a run of this workspace, or a demo bundle shipped with the app."""
+
+    key: str
+    label: str
+    run: RunDir | None = None
+    bundle_path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        """The run id, or the bundle's file name (for file names and captions)."""
+        return self.run.run_id if self.run is not None else Path(self.bundle_path or "").name
+
+
+def model_choices() -> list[ModelChoice]:
+    """Runs with a model (train profile only: they need Keras), newest first, then the demo bundles by name."""
+    choices = []
+    if profile.is_train_profile():
+        choices = [ModelChoice(r.run_id, run_label(r), run=r) for r in runs() if r.has_model()]
+    for path in profile.demo_bundles():
+        choices.append(ModelChoice(f"demo:{path.name}", f"{path.name} · demo bundle", bundle_path=path))
+    return choices
+
+
+def no_model_message() -> None:
+    """What to do when there is nothing to evaluate or classify, for the profile this app runs in."""
+    if profile.is_train_profile():
+        st.info("No trained model yet. Train one on the Train page first.")
+        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    else:
+        st.info(f"No demo bundle found in {profile.demo_dir()}. Make one with the train profile "
+                "(`python -m core export RUN --format tflite --bundle`, or Export on the Evaluate page), then put "
+                f"its folder or .zip there, or point {profile.DEMO_DIR_ENV} at the folder that holds it.")
+
+
+def pick_model(label: str, key: str) -> ModelChoice | None:
+    """A select box of runs and demo bundles, preselecting the remembered one; remembers the choice."""
+    choices = model_choices()
+    if not choices:
         return None
-    ids = [r.run_id for r in runs_list]
-    wanted = selected_run_id()
-    index = ids.index(wanted) if wanted in ids else 0
-    labels = {r.run_id: run_label(r) for r in runs_list}
-    chosen = st.selectbox(label, ids, index=index, format_func=labels.get, key=key)
-    run = runs_list[ids.index(chosen)]
-    remember_run(run)
-    return run
+    keys = [c.key for c in choices]
+    demo = st.query_params.get(DEMO_PARAM)
+    wanted = ([f"demo:{demo}"] if demo and is_plain_name(demo) else []) + [selected_run_id()]
+    index = next((keys.index(w) for w in wanted if w in keys), 0)
+    labels = {c.key: c.label for c in choices}
+    chosen = choices[keys.index(st.selectbox(label, keys, index=index, format_func=labels.get, key=key))]
+    if chosen.run is not None:
+        remember_run(chosen.run)
+        if DEMO_PARAM in st.query_params:
+            del st.query_params[DEMO_PARAM]
+    elif st.query_params.get(DEMO_PARAM) != chosen.name:
+        st.query_params[DEMO_PARAM] = chosen.name
+    return chosen
 
 
 def show_error(err: Exception) -> None:
@@ -214,6 +285,11 @@ def sidebar() -> None:
     """Device, backend, current dataset and the active run, on every page."""
     current_workspace()  # issue or confirm this session's workspace id, and put it in the address bar
     with st.sidebar:
+        if not profile.is_train_profile():
+            serve_sidebar()
+            return
+        st.caption("Profile")
+        st.markdown("**train profile**: training available")
         st.caption("Compute")
         try:
             device = device_info()
@@ -237,3 +313,12 @@ def sidebar() -> None:
                             f"({jobs.run_state(latest[0]).get('state')})")
             else:
                 st.markdown("No run yet.")
+
+
+def serve_sidebar() -> None:
+    """The serve profile's sidebar: no device probe (it would import the ML backend), just the demo bundles."""
+    st.caption("Profile")
+    st.markdown("**serve profile**: showing demo bundles")
+    count = len(profile.demo_bundles())
+    st.markdown(f"{count} bundle{'' if count == 1 else 's'} in `{profile.demo_dir()}`  \n"
+                "Predictions run on the CPU with LiteRT; training needs the train profile.")

@@ -5,10 +5,10 @@ import json
 import streamlit as st
 
 from core import StudioError
-from core.augment import PRESETS, describe_spec, resolve_spec
 from core.images import ImageError, read_image, resize_for_model
 from core.previews import EDITABLE_TRANSFORMS, augmented_copies, editable_state, preview_images, spec_from_editor
-from pages._common import current_augmentation, current_workspace, ensure_app_shell, need_dataset, show_error
+from pages._common import (current_augmentation, current_workspace, ensure_app_shell, need_dataset,
+                           require_train_profile, show_error)
 
 PREVIEW_SIZE = 224
 COPIES = 5
@@ -83,6 +83,10 @@ def preview(dataset, spec: list) -> None:
 
 ensure_app_shell()
 st.title("Augment")
+require_train_profile("Previewing augmentations")
+# albumentations exists only in the train profile, so it is imported after the check above.
+from core.augment import PRESETS, describe_spec, resolve_spec  # noqa: E402
+
 st.markdown("Augmentation shows the model slightly changed copies of each training image, so it learns the "
             "flower, not the photo. The spec chosen here is what training uses and is saved in the run.")
 dataset = need_dataset()

@@ -1,4 +1,8 @@
-"""Classify: photos (uploaded or from the camera) -> top-k classes and where the model looked."""
+"""Classify: photos (uploaded or from the camera) -> top-k classes and where the model looked.
+
+A workspace run classifies with its Keras model (heatmaps included); a demo bundle with LiteRT/ONNX Runtime through
+core.bundle.BundleClassifier, whose preprocessing is core.predict.Classifier's own, so the answers are the same.
+"""
 
 import time
 
@@ -8,7 +12,7 @@ import streamlit as st
 from core import StudioError, charts
 from core.cam import heatmap_for
 from core.images import IMAGE_EXTENSIONS, ImageError, decode_image
-from pages._common import ensure_app_shell, load_classifier, pick_run, runs, show_error
+from pages._common import ensure_app_shell, load_bundle, load_classifier, no_model_message, pick_model, show_error
 
 IMAGE_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]
 MAX_DETAILED = 12  # photos shown with chart and heatmap; the table lists all of them
@@ -46,29 +50,33 @@ def show_one(classifier, name: str, image, top: list[dict], with_heatmap: bool) 
 
 ensure_app_shell()
 st.title("Classify")
-candidates = [r for r in runs() if r.has_model()]
-run = pick_run("Model from run", candidates, key="classify_run")
-if run is None:
-    st.info("No trained model yet. Train one on the Train page first.")
-    st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+choice = pick_model("Model (run or demo bundle)", key="classify_run")
+if choice is None:
+    no_model_message()
     st.stop()
 try:
-    classifier = load_classifier(run)
+    classifier = load_classifier(choice.run) if choice.run is not None else load_bundle(choice.bundle_path).classifier
 except StudioError as err:
     show_error(err)
     st.stop()
 except Exception as err:  # a damaged file, or code in it that Keras safe mode refuses to run: say so, don't crash
-    st.error(f"The model of run {run.run_id} cannot be loaded ({type(err).__name__}: {str(err)[:300]}). "
-             "Pick another run, or train again.")
+    st.error(f"The model of {choice.name} cannot be loaded ({type(err).__name__}: {str(err)[:300]}). "
+             "Pick another one, or train again.")
     st.stop()
+# Heatmaps read the Keras model's feature map; an exported model (a demo bundle) has no Keras model to ask.
+can_heatmap = choice.run is not None
 st.caption(f"{len(classifier.classes)} classes: {', '.join(classifier.classes)} · input {classifier.image_size} px")
 controls = st.columns([3, 1, 1])
 uploads = controls[0].file_uploader("Photos to classify", type=IMAGE_TYPES, accept_multiple_files=True,
                                     key="photos")
 top_k = controls[1].number_input("Top-k", 1, max(1, len(classifier.classes)), min(3, len(classifier.classes)),
                                  key="top_k")
-heatmaps = controls[2].toggle("Heatmaps", value=True, key="heatmaps",
-                              help="Class-activation map: red where the model found the most evidence.")
+if can_heatmap:
+    heatmaps = controls[2].toggle("Heatmaps", value=True, key="heatmaps",
+                                  help="Class-activation map: red where the model found the most evidence.")
+else:
+    heatmaps = False
+    st.caption("Heatmaps need the run's Keras model (train profile); a demo bundle shows predictions only.")
 if controls[2].toggle("Use the camera", key="use_camera"):
     shot = st.camera_input("Take a photo")
     uploads = list(uploads or []) + ([shot] if shot is not None else [])
@@ -85,7 +93,7 @@ if images:
     table = results_table(names, results)
     st.dataframe(table, hide_index=True, width="stretch")
     st.download_button("Download results as CSV", table.to_csv(index=False).encode("utf-8"),
-                       file_name=f"predictions-{run.run_id}.csv", mime="text/csv", icon=":material/download:")
+                       file_name=f"predictions-{choice.name}.csv", mime="text/csv", icon=":material/download:")
     for (name, image), top in list(zip(images, results))[:MAX_DETAILED]:
         show_one(classifier, name, image, top, heatmaps)
     if len(images) > MAX_DETAILED:

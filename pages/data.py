@@ -9,7 +9,7 @@ from core.images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
 from core.ingest import ingest_files, ingest_zip, list_datasets, upload_limits
 from core.previews import examples_per_class, thumbnail
 from pages._common import (current_dataset_path, current_workspace, ensure_app_shell, load_dataset,
-                           set_current_dataset, show_error)
+                           require_train_profile, set_current_dataset, show_error)
 
 IMAGE_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]
 
@@ -203,6 +203,7 @@ def thumbnails(dataset) -> None:
 
 ensure_app_shell()
 st.title("Data")
+require_train_profile("Preparing data for training")
 st.markdown("Start here: use the sample flowers, or upload a folder with **one sub-folder of images per class** "
             "(optionally inside `train/` and `val/`). Then press **Start** on the Train page.")
 tabs = st.tabs(["Sample datasets", "Upload a folder", "Upload a .zip", "Earlier uploads"])

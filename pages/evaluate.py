@@ -1,14 +1,13 @@
-"""Evaluate: one run's scores, confusion matrix and mistakes; then several runs compared."""
+"""Evaluate: one run's (or demo bundle's) scores, confusion matrix and mistakes, its exports; then runs compared."""
 
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from core import StudioError, charts, jobs
-from core.augment import describe_spec
+from core import StudioError, charts, jobs, profile
 from core.previews import mistakes_with_images, thumbnail
-from pages._common import ensure_app_shell, pick_run, runs, show_error
+from pages._common import ensure_app_shell, load_bundle, no_model_message, pick_model, runs, show_error
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
@@ -64,13 +63,15 @@ def mistakes(evaluation: dict) -> None:
 
 
 def single_run() -> None:
-    """Pick a run and show its evaluation (evaluating it on request when it has a model but no report)."""
-    candidates = [r for r in runs() if r.has_model()]
-    run = pick_run("Run", candidates, key="evaluate_run")
-    if run is None:
-        st.info("No trained model yet. Train one on the Train page first.")
-        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    """Pick a run or a demo bundle and show its evaluation (a run without a report can be evaluated on request)."""
+    choice = pick_model("Run or demo bundle", key="evaluate_run")
+    if choice is None:
+        no_model_message()
         return
+    if choice.bundle_path is not None:
+        demo_bundle(choice.bundle_path)
+        return
+    run = choice.run
     evaluation = run.read_evaluation()
     if evaluation is None:
         state = jobs.run_state(run).get("state")
@@ -92,6 +93,84 @@ def single_run() -> None:
     summary(evaluation)
     confusion(evaluation)
     mistakes(evaluation)
+    export_section(run)
+
+
+def demo_bundle(path: Path) -> None:
+    """A demo bundle's report: what it is, its scores, confusion matrix, mistakes and export parity."""
+    bundle = load_bundle(path)
+    manifest = bundle.manifest
+    st.caption(f"Demo bundle of run {bundle.run_id}: {manifest.get('backbone')} at {manifest.get('image_size')} px, "
+               f"{len(bundle.classes)} classes, {manifest.get('format')} model classified without TensorFlow.")
+    summary(bundle.evaluation)
+    confusion(bundle.evaluation)
+    mistakes(bundle.evaluation)
+    if bundle.parity:
+        parity_table(bundle.parity, "How the bundled model agrees with the Keras model it was exported from")
+
+
+def parity_table(parity: dict, title: str) -> None:
+    """exports/parity.json as a table: top-1 agreement with Keras per format, accuracies, sizes."""
+    st.markdown(f"**{title}**")
+    st.dataframe(pd.DataFrame(charts.parity_rows(parity)).style.format(
+        {"top-1 agreement": "{:.1%}", "Keras accuracy": "{:.1%}", "export accuracy": "{:.1%}",
+         "max prob. difference": "{:.1e}"}, na_rep="—"), hide_index=True, width="stretch")
+
+
+def export_section(run) -> None:
+    """Export the run to the chosen formats (each checked for parity), pack a demo bundle and offer its .zip."""
+    from core.bundle import DEFAULT_RUNTIME_FORMAT
+    from core.export import BUNDLES, FORMATS, exports_dir, read_parity
+
+    st.subheader("Export")
+    st.caption("Every export is checked against the Keras model on the validation images (float formats must give "
+               "the same top-1 on at least 99%). The demo bundle holds the first format that runs without "
+               "TensorFlow, with the classes and this report: put it in a hosted demo's demo/ folder.")
+    left, right = st.columns([3, 1])
+    formats = left.multiselect("Formats", list(FORMATS), default=[DEFAULT_RUNTIME_FORMAT], key="export_formats")
+    busy = jobs.run_state(run).get("state") in jobs.ACTIVE_STATES
+    right.write("")  # aligns the button with the select box
+    if right.button("Export and bundle", icon=":material/ios_share:", disabled=busy or not formats,
+                    key="export_run"):
+        run_export(run, formats)
+    parity = read_parity(run)
+    if parity:
+        parity_table(parity, "Parity of the exports with the Keras model")
+    for archive in sorted((exports_dir(run) / BUNDLES).glob("*.zip")):
+        st.download_button(f"Download {archive.name} ({archive.stat().st_size / 1e6:.1f} MB)",
+                           data=archive.read_bytes, file_name=archive.name, mime="application/zip",
+                           icon=":material/download:", key=f"download_{archive.name}", on_click="ignore")
+
+
+def run_export(run, formats: list[str]) -> None:
+    """export_run with a progress bar, then make_demo_bundle in the first serve-able format chosen."""
+    from core.bundle import DEFAULT_RUNTIME_FORMAT
+    from core.export import FORMATS, export_run, make_demo_bundle
+
+    bundle_format = next((f for f in formats if FORMATS[f].serve), DEFAULT_RUNTIME_FORMAT)
+    steps, done = len(formats) + 2, [0]  # decoding the images, each format, the bundle
+    bar = st.progress(0.0, text="Loading the model…")
+
+    def report(message: str) -> None:
+        bar.progress(min(done[0] / steps, 1.0), text=f"{message}…")
+        done[0] += 1
+
+    try:
+        result = export_run(run, formats, progress=report)
+        report(f"Packing the demo bundle ({bundle_format})")
+        folder = make_demo_bundle(run, bundle_format)
+    except StudioError as err:
+        bar.empty()
+        show_error(err)
+        return
+    except Exception as err:  # a converter crash must not take the page down
+        bar.empty()
+        st.error(f"Exporting run {run.run_id} failed ({type(err).__name__}: {str(err)[:300]}).")
+        return
+    bar.progress(1.0, text=f"Exported {', '.join(formats)}; demo bundle {folder.name}.zip is ready.")
+    if result["failed"]:
+        st.warning(f"These exports failed or missed the parity rule: {', '.join(result['failed'])} "
+                   "(see the table).")
 
 
 def settings_row(run) -> dict:
@@ -99,16 +178,23 @@ def settings_row(run) -> dict:
     config, evaluation = run.read_config(), run.read_evaluation() or {}
     best = charts.best_epoch(charts.epoch_rows(run.read_metrics())) or {}
     spec = config.get("augmentation")
+    if isinstance(spec, list):
+        from core.augment import describe_spec  # albumentations: compare() runs only in the train profile
+
+        spec = describe_spec(spec)
     return {"run": run.run_id, "state": jobs.run_state(run).get("state"), "backbone": config.get("backbone"),
             "image size": (config.get("resolved") or {}).get("image_size") or config.get("image_size"),
             "head epochs": config.get("head_epochs"), "fine-tune epochs": config.get("finetune_epochs"),
-            "augmentation": describe_spec(spec) if isinstance(spec, list) else spec,
+            "augmentation": spec,
             "best val loss": best.get("val_loss"), "best val accuracy": best.get("val_accuracy"),
             "test/val accuracy": evaluation.get("accuracy"), "macro AUC": evaluation.get("macro_auc")}
 
 
 def compare() -> None:
     """Overlay validation curves of several runs and list their final numbers and settings."""
+    if not profile.is_train_profile():
+        st.caption("Comparing runs works on the runs trained in this workspace, which needs the train profile.")
+        return
     everything = runs()
     if len(everything) < 2:
         st.caption("Train a second run to compare runs here.")

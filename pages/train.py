@@ -5,13 +5,12 @@ from pathlib import Path
 import streamlit as st
 
 from core import StudioError, charts, jobs
-from core.augment import describe_spec, resolve_spec
 from core.backbones import BACKBONES, DEFAULT_BACKBONE
 from core.config import TrainConfig
 from core.runs import RunDir
 from core.workspace import workspace_dir
 from pages._common import (current_augmentation, current_workspace, device_info, ensure_app_shell, need_dataset,
-                           remember_run, selected_run_id, show_error)
+                           remember_run, require_train_profile, selected_run_id, show_error)
 
 POLL_SECONDS = 2.0
 IMAGE_SIZES = [96, 128, 160, 192, 224, 240, 256, 260, 288, 300, 320, 380, 384, 456, 528, 600]
@@ -146,6 +145,10 @@ def run_to_show() -> RunDir | None:
 
 ensure_app_shell()
 st.title("Train")
+require_train_profile("Training")
+# albumentations exists only in the train profile, so it is imported after the check above.
+from core.augment import describe_spec, resolve_spec  # noqa: E402
+
 dataset = need_dataset()
 active = jobs.active_run(current_workspace().runs_dir())
 if dataset is not None:

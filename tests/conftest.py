@@ -28,6 +28,12 @@ def require(condition: bool, what: str) -> None:
     pytest.skip(f"missing: {what}")
 
 
+@pytest.fixture(autouse=True)
+def no_demo_bundles(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own demo/ bundles must not change what the app shows in tests."""
+    monkeypatch.setenv("STUDIO_DEMO_DIR", str(tmp_path_factory.mktemp("no-demo")))
+
+
 @pytest.fixture(scope="session")
 def flowers_dir() -> Path:
     require((FLOWERS / "train").is_dir(), f"the flowers-mini dataset at {FLOWERS}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -77,6 +80,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """
     monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "ws"))
     monkeypatch.setenv("STUDIO_SHARED_WORKSPACE", "1")
+    monkeypatch.setenv("STUDIO_DEMO_DIR", str(tmp_path / "demo"))  # empty unless a test puts a bundle there
     monkeypatch.setattr("core.device.detect_device", lambda: DeviceInfo("tensorflow", "cpu", "CPU only", 1))
     monkeypatch.setattr("core.samples.is_online", lambda *a, **k: False)
     st.cache_data.clear()
@@ -274,3 +278,166 @@ def test_classify_uploads_table_csv_and_bad_files(workspace: Path, monkeypatch: 
     assert list(table["file"]) == ["a.png"] and list(table["predicted"]) == ["roses"]
     assert at.get("download_button")
     assert "Classified 1 photo(s)" in texts(at)
+
+
+# ----------------------------------------------------------------------------------------- serve profile
+class FakeRunner:
+    """Stands in for LiteRT: 'roses' for every image, and records what it was fed."""
+
+    def __init__(self, path, threads=None):
+        self.fed: list = []
+
+    def __call__(self, images):
+        self.fed.append(images)
+        return np.tile(np.array([[0.2, 0.7, 0.1]], dtype=np.float32), (len(images), 1))
+
+
+def make_bundle(demo_dir: Path, name: str = "run-demo-tflite") -> Path:
+    """A demo bundle folder as make_demo_bundle writes it, with a model file only FakeRunner can "run"."""
+    folder = demo_dir / name
+    run = make_run(demo_dir / "source-runs", "run-demo")
+    (folder / "mistakes").mkdir(parents=True)
+    for file in ("classes.json", "config.json", "metrics.jsonl"):
+        (folder / file).write_bytes(run.file(file).read_bytes())
+    evaluation = run.read_evaluation()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "mistakes" / "00.jpg")
+    evaluation.update(root=".", mistakes=[{**evaluation["mistakes"][0], "path": "mistakes/00.jpg"}])
+    (folder / "evaluation.json").write_text(json.dumps(evaluation))
+    parity = {"tflite": {"format": "tflite", "bytes": 13_500_000, "images": 12, "agreement": 1.0,
+                         "keras_accuracy": 10 / 12, "export_accuracy": 10 / 12,
+                         "max_abs_probability_difference": 4e-6, "passed": True}}
+    (folder / "parity.json").write_text(json.dumps(parity))
+    (folder / "model_float32.tflite").write_bytes(b"not really a model")
+    (folder / "manifest.json").write_text(json.dumps({
+        "bundle_version": 1, "run_id": "run-demo", "backbone": "efficientnet_lite0", "image_size": 96,
+        "format": "tflite", "model_file": "model_float32.tflite", "tta": False}))
+    shutil.rmtree(demo_dir / "source-runs")
+    return folder
+
+
+@pytest.fixture
+def serve_profile(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The serve profile as requirements.txt installs it: TensorFlow, Keras and albumentations "missing"."""
+    monkeypatch.setattr("core.profile.missing_train_packages", lambda: ["tensorflow", "keras", "albumentations"])
+    monkeypatch.setattr("core.bundle.open_runner", lambda path, threads=None: FakeRunner(path))
+    monkeypatch.setattr("core.device.detect_device", lambda: pytest.fail("the serve profile probed the ML backend"))
+    return workspace.parent / "demo"
+
+
+def test_serve_profile_training_pages_say_they_need_the_train_profile(serve_profile: Path) -> None:
+    at = app()
+    no_exceptions(at)
+    assert at.title[0].value == "Evaluate"  # a serve deployment opens where there is something to see
+    assert "serve profile" in "\n".join(m.value for m in at.sidebar.markdown)
+    assert "No demo bundle found" in texts(at) and str(serve_profile) in texts(at)
+    for page in ("pages/data.py", "pages/augment.py", "pages/train.py"):
+        at.switch_page(page).run()
+        no_exceptions(at)
+        message = " ".join(i.value for i in at.info)
+        assert "needs the train profile" in message and "requirements-train.txt" in message, page
+        assert not at.file_uploader and not [b for b in at.button if b.label == "Start training"]
+
+
+def test_serve_profile_evaluates_and_classifies_a_demo_bundle(serve_profile: Path) -> None:
+    make_bundle(serve_profile)
+    at = app()
+    no_exceptions(at)
+    assert [m.value for m in at.metric][0] == "83.3%"
+    assert "Demo bundle of run run-demo" in texts(at)
+    assert "How the bundled model agrees" in texts(at)
+    assert at.query_params["demo"] in (["run-demo-tflite"], "run-demo-tflite")
+    assert at.get("imgs") or at.get("image")  # the mistake's thumbnail from inside the bundle
+    at.switch_page("pages/classify.py").run()
+    no_exceptions(at)
+    assert not [t for t in at.toggle if t.key == "heatmaps"] and "Heatmaps need" in texts(at)
+    at.file_uploader(key="photos").set_value([("a.png", png_bytes(1, size=50), "image/png"),
+                                              ("b.png", png_bytes(2, size=30), "image/png")]).run()
+    no_exceptions(at)
+    table = at.dataframe[0].value
+    assert list(table["file"]) == ["a.png", "b.png"] and list(table["predicted"]) == ["roses", "roses"]
+    assert "Classified 2 photo(s)" in texts(at)
+
+
+def test_bundles_are_listed_beside_runs_in_the_train_profile(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("core.bundle.open_runner", lambda path, threads=None: FakeRunner(path))
+    make_run(workspace / "runs", "run-a")
+    make_bundle(workspace.parent / "demo")
+    at = app()
+    at.switch_page("pages/evaluate.py").run()
+    no_exceptions(at)
+    picker = at.selectbox(key="evaluate_run")
+    assert picker.options == ["run-a · nowhere · succeeded", "run-demo-tflite · demo bundle"]
+    assert "Export" in texts(at)  # a run can be exported; a bundle is already one
+    picker.set_value("demo:run-demo-tflite").run()
+    no_exceptions(at)
+    assert "Demo bundle of run run-demo" in texts(at) and "Export" not in [s.value for s in at.subheader]
+
+
+def test_export_button_exports_shows_parity_and_offers_the_bundle(workspace: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    run = make_run(workspace / "runs", "run-a")
+    calls = {}
+
+    def fake_export(run_dir, formats, data_root=None, progress=None):
+        calls["formats"] = list(formats)
+        for fmt in formats:
+            progress(f"Exporting {fmt}")
+        (run_dir.path / "exports").mkdir(exist_ok=True)
+        (run_dir.path / "exports" / "parity.json").write_text(json.dumps(
+            {"tflite": {"bytes": 1_000_000, "agreement": 1.0, "keras_accuracy": 0.8, "export_accuracy": 0.8,
+                        "images": 12, "passed": True}}))
+        return {"formats": {}, "failed": []}
+
+    def fake_bundle(run_dir, fmt=None, out_dir=None, data_root=None):
+        calls["bundle"] = fmt
+        folder = run_dir.path / "exports" / "bundles" / f"{run_dir.run_id}-{fmt}"
+        folder.mkdir(parents=True)
+        folder.with_suffix(".zip").write_bytes(b"PK zip")
+        return folder
+
+    monkeypatch.setattr("core.export.export_run", fake_export)
+    monkeypatch.setattr("core.export.make_demo_bundle", fake_bundle)
+    at = app()
+    at.switch_page("pages/evaluate.py").run()
+    next(b for b in at.button if b.key == "export_run").click().run()
+    no_exceptions(at)
+    assert calls == {"formats": ["tflite"], "bundle": "tflite"}
+    assert "Parity of the exports" in texts(at)
+    assert any(b.proto.label.startswith("Download run-a-tflite.zip") for b in at.get("download_button"))
+    assert run.path.joinpath("exports", "bundles", "run-a-tflite.zip").is_file()
+
+
+BLOCKED_IMPORTS_SCRIPT = """
+import importlib.abc, json, sys
+from streamlit.testing.v1 import AppTest
+
+class Missing(importlib.abc.MetaPathFinder):
+    # What a serve install looks like to an import: these packages are simply not there.
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "albumentations", "jax"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+
+sys.meta_path.insert(0, Missing())
+import core.profile  # noqa: E402  find_spec would raise through Missing; a real serve install just lacks them
+core.profile.missing_train_packages = lambda: ["tensorflow", "keras", "albumentations"]
+at = AppTest.from_file(sys.argv[1], default_timeout=60).run()
+errors = [e.value for e in at.exception]
+for page in sys.argv[2:]:
+    at.switch_page(page).run()
+    errors += [f"{page}: {e.value}" for e in at.exception]
+print(json.dumps({"errors": errors, "loaded": sorted({m.split(".")[0] for m in sys.modules} &
+                                                     {"tensorflow", "keras", "albumentations", "jax"})}))
+"""
+
+
+def test_no_page_imports_the_train_stack_in_the_serve_profile(tmp_path: Path) -> None:
+    """Every page renders with TensorFlow, Keras and albumentations unimportable (a fresh process, so nothing
+    imported by other tests hides an import chain); tests/test_serve.py does the same from a real serve venv."""
+    env = {**os.environ, "STUDIO_WORKSPACE": str(tmp_path / "ws"),
+           "STUDIO_DEMO_DIR": str(tmp_path / "demo")}
+    result = subprocess.run([sys.executable, "-c", BLOCKED_IMPORTS_SCRIPT, APP, *PAGES], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"errors": [], "loaded": []}, report

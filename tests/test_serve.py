@@ -133,12 +133,17 @@ def classify_in_browser(page, photos: list[Path]) -> dict[str, tuple[str, float]
     page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files([str(p) for p in photos])
     page.get_by_text(f"Classified {len(photos)} photo(s)").wait_for(timeout=120_000)
     wait_idle(page)
-    shown: dict[str, tuple[str, float]] = {}
-    for text in page.locator('[data-testid="stMarkdownContainer"]').all_inner_texts():
-        match = re.fullmatch(r"\s*(\S+): (\S+) \(([\d.]+)%\)\s*", text)
-        if match:
-            shown[match.group(1)] = (match.group(2), float(match.group(3)))
-    return shown
+    # The caption comes first and each photo's line follows as the script goes on: poll until all are drawn.
+    deadline = time.monotonic() + 60
+    while True:
+        shown: dict[str, tuple[str, float]] = {}
+        for text in page.locator('[data-testid="stMarkdownContainer"]').all_inner_texts():
+            match = re.fullmatch(r"\s*(\S+): (\S+) \(([\d.]+)%\)\s*", text)
+            if match:
+                shown[match.group(1)] = (match.group(2), float(match.group(3)))
+        if len(shown) >= len(photos) or time.monotonic() > deadline:
+            return shown
+        page.wait_for_timeout(500)
 
 
 def distinct_predictions(predicted: list[dict], count: int) -> list[dict]:

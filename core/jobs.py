@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from core import StudioError
-from core.config import TrainConfig
+from core.config import TrainConfig, default_finetune_epochs
 from core.runs import (FINAL_STATES, HEARTBEAT_TIMEOUT_SECONDS, RunDir, list_runs, new_run_id, read_json,
                        write_json_atomic)
 
@@ -258,7 +258,9 @@ def progress(status: dict[str, Any], config: dict[str, Any]) -> tuple[float, str
                      "failed": "Failed"}[state]
     if state == "queued":
         return 0.0, status.get("message") or "Starting the trainer"
-    head, finetune = int(config.get("head_epochs") or 0), int(config.get("finetune_epochs") or 0)
+    # 'auto' fine-tuning is resolved by the trainer for its device and saved under config["resolved"].
+    finetune = config.get("resolved", {}).get("finetune_epochs", config.get("finetune_epochs"))
+    head, finetune = int(config.get("head_epochs") or 0), int(finetune or 0)
     two_phases = head > 0 and finetune > 0
     if phase in ("head", "finetune"):
         # With two phases the head fills the first half of the bar and fine-tuning the second.
@@ -297,13 +299,12 @@ def format_seconds(seconds: float) -> str:
 
 # Measured on a 2-core CPU with flowers-mini (400 photos), Lite0, head features cached: 160 px head-only took
 # 63 s end to end at 85% test accuracy; 192 px took 86 s at 84%; adding 3 fine-tune epochs at 160 px took 155 s
-# at 81%. So a CPU gets the head-only recipe at 160 px; a GPU gets the full two-phase recipe at native size.
-CPU_QUICK_SETTINGS = {"image_size": 160, "finetune_epochs": 0}
+# at 81%. So a CPU gets the head-only recipe at 160 px, to keep the first model under two minutes; a GPU gets the
+# full two-phase recipe at native size. Fine-tuning epochs follow the core's own 'auto' rule.
+CPU_QUICK_IMAGE_SIZE = 160
 
 
 def recommended_settings(accelerator: str) -> dict[str, Any]:
     """Training defaults for the UI: quick on a CPU, the full recipe on a GPU."""
-    if accelerator == "gpu":
-        defaults = TrainConfig()
-        return {"image_size": None, "finetune_epochs": defaults.finetune_epochs}
-    return dict(CPU_QUICK_SETTINGS)
+    return {"image_size": None if accelerator == "gpu" else CPU_QUICK_IMAGE_SIZE,
+            "finetune_epochs": default_finetune_epochs(accelerator)}

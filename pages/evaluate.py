@@ -184,7 +184,8 @@ def settings_row(run) -> dict:
         spec = describe_spec(spec)
     return {"run": run.run_id, "state": jobs.run_state(run).get("state"), "backbone": config.get("backbone"),
             "image size": (config.get("resolved") or {}).get("image_size") or config.get("image_size"),
-            "head epochs": config.get("head_epochs"), "fine-tune epochs": config.get("finetune_epochs"),
+            "head epochs": config.get("head_epochs"),
+            "fine-tune epochs": (config.get("resolved") or {}).get("finetune_epochs", config.get("finetune_epochs")),
             "augmentation": spec,
             "best val loss": best.get("val_loss"), "best val accuracy": best.get("val_accuracy"),
             "test/val accuracy": evaluation.get("accuracy"), "macro AUC": evaluation.get("macro_auc")}

@@ -105,8 +105,9 @@ def _looks_like_download_failure(err: Exception) -> bool:
 def _missing_weights_message(spec: Backbone) -> str:
     folder = keras_home() / "models"
     file = spec.notop_weights_file()
+    source = (f"https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/{file}"
+              if spec.family == "EfficientNetV2" else f"https://storage.googleapis.com/keras-applications/{file}")
     return (f"ImageNet weights for {spec.label} are not in Keras' cache and could not be downloaded. "
-            f"Put the file {file} into {folder} (copy it from a machine that has it, from "
-            f"https://storage.googleapis.com/keras-applications/ or the Keras release page), "
+            f"Put the file {file} into {folder} (copy it from a machine that has it, or download {source}), "
             f"or choose 'efficientnet_lite0', whose weights install with the package, "
             f"or train from scratch with weights=None.")

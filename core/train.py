@@ -314,7 +314,7 @@ class RunLogger(keras.callbacks.Callback):
         self.last_beat = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_start = self.step_start = time.perf_counter()
+        self.epoch_start = time.perf_counter()
         self.phase_epoch = epoch + 1
         self.trainer.global_epoch += 1
         # Always beat at an epoch start, so a watcher never shows the previous phase's epoch counter.

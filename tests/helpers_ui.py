@@ -69,12 +69,17 @@ def streamlit_server(workspace: Path, log: Path) -> Iterator[str]:
         wait_for_health(url, server, log)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """Terminate a server politely, then for good if it does not exit within 15 s."""
+    server.terminate()
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def wait_for_health(url: str, server: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:

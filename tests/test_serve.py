@@ -28,7 +28,7 @@ from typing import Iterator
 import pytest
 
 from tests.helpers_ui import (ARTIFACTS, CHROMIUM, REPO_ROOT, flowers_mini, free_port, go_to, in_ci, launch_chromium,
-                              require, wait_for_health, wait_idle)
+                              require, stop_server, wait_for_health, wait_idle)
 
 # Head only, one epoch, 96 px: the bundle only has to exist and agree with Keras, not be good.
 TINY_TRAIN = ["--image-size", "96", "--head-epochs", "1", "--finetune-epochs", "0"]
@@ -106,12 +106,7 @@ def serve_app(python: Path, demo_dir: Path, workspace: Path, log: Path) -> Itera
         wait_for_health(url, process, log)
         yield ServedApp(url, process, started, seconds)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -33,14 +33,16 @@ class TrainConfig:
     seed: int = 42                      # one seed for the split, shuffling, augmentation and initialisation
     backbone: str = DEFAULT_BACKBONE    # a name from core.backbones.BACKBONES
     weights: str | None = "imagenet"    # "imagenet" (pretrained) or None (random init, only when asked for)
-    image_size: int | None = None       # pixels per side; None = the backbone's native size
+    image_size: int | None = None       # pixels per side; None = the backbone's recipe size (Lite0: 288, else native)
     batch_size: int = 32                # images per step
     augmentation: Any = "light"         # preset name (none|light|seed) or an explicit albumentations spec list
     # Phase 1: the head on a frozen base.
-    head_epochs: int = 15               # upper bound; early stopping ends sooner
-    head_lr: float = 1e-3               # Adam learning rate for the head
-    head_mode: str = "features"         # "features": cache frozen-base features once, train the head on them (fast);
-                                        # "images": run the frozen base on (augmented) images every epoch
+    head_epochs: int = 15               # "images" mode: upper bound, early stopping ends sooner; "features" mode:
+                                        # any number > 0 fits the head (0 skips phase 1)
+    head_lr: float = 1e-3               # Adam learning rate for the head ("images" mode)
+    head_mode: str = "features"         # "features": cache frozen-base features once and fit the head on them
+                                        # exactly (L2 logistic regression, strength chosen on val; seconds);
+                                        # "images": Adam on the frozen base over (augmented) images every epoch
     # Phase 2: unfreeze the top of the base, BatchNorm kept frozen, at a ~100x lower rate.
     finetune_epochs: int | None = None  # None = auto: 0 on a CPU (measured: no gain worth its time there),
                                         # GPU_FINETUNE_EPOCHS on a GPU; 0 skips fine-tuning
@@ -128,4 +130,4 @@ class TrainConfig:
     def resolved_image_size(self) -> int:
         from core.backbones import get_backbone
 
-        return int(self.image_size or get_backbone(self.backbone).native_size)
+        return int(self.image_size or get_backbone(self.backbone).recipe_size)

@@ -297,14 +297,11 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-# Measured on a 2-core CPU with flowers-mini (400 photos), Lite0, head features cached: 160 px head-only took
-# 63 s end to end at 85% test accuracy; 192 px took 86 s at 84%; adding 3 fine-tune epochs at 160 px took 155 s
-# at 81%. So a CPU gets the head-only recipe at 160 px, to keep the first model under two minutes; a GPU gets the
-# full two-phase recipe at native size. Fine-tuning epochs follow the core's own 'auto' rule.
-CPU_QUICK_IMAGE_SIZE = 160
-
-
+# The UI used to train at 160 px on a CPU to keep the first model under two minutes. Since the head is fitted
+# exactly on cached features (core.headfit), the recipe's own size (Lite0: 288 px) takes about a minute end to end
+# on a 2-core CPU for flowers-mini's 400 photos, so a CPU and a GPU start from the same size; only fine-tuning
+# differs, by the core's 'auto' rule.
 def recommended_settings(accelerator: str) -> dict[str, Any]:
-    """Training defaults for the UI: quick on a CPU, the full recipe on a GPU."""
-    return {"image_size": None if accelerator == "gpu" else CPU_QUICK_IMAGE_SIZE,
+    """Training defaults for the UI: the CLI's recipe (image size None = the backbone's recipe size)."""
+    return {"image_size": None,
             "finetune_epochs": default_finetune_epochs(accelerator)}

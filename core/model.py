@@ -51,15 +51,16 @@ def base_of(classifier: keras.Model) -> keras.Model:
     raise ValueError(f"{classifier.name} holds no backbone model")
 
 
-def head_on_features(classifier: keras.Model) -> keras.Model:
-    """BN -> Dropout -> Dense on pooled feature vectors, sharing the classifier's own head layers,
-    so training it trains the classifier's head (used with cached frozen-base features)."""
-    width = classifier.get_layer("head_bn").input.shape[-1]
-    features = keras.Input((width,), name="features")
-    x = classifier.get_layer("head_bn")(features)
-    x = classifier.get_layer("head_dropout")(x)
-    outputs = classifier.get_layer("predictions")(x)
-    return keras.Model(features, outputs, name="head")
+def write_linear_head(classifier: keras.Model, mean: np.ndarray, variance: np.ndarray, kernel: np.ndarray,
+                      bias: np.ndarray) -> None:
+    """Put a linear model fitted on standardised pooled features into the classifier's head.
+
+    BatchNorm at inference computes gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta, so
+    gamma 1, beta 0 and the features' moments make it exactly the standardiser the fit used (same epsilon).
+    """
+    width = int(mean.shape[0])
+    classifier.get_layer("head_bn").set_weights([np.ones(width), np.zeros(width), mean, variance])
+    classifier.get_layer("predictions").set_weights([kernel, bias])
 
 
 def feature_extractor(classifier: keras.Model) -> keras.Model:

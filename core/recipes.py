@@ -25,8 +25,12 @@ REFERENCE_OVERRIDES: dict[str, Any] = {
 
 
 def reference_config(data: str, backbone: str, seed: int) -> TrainConfig:
-    """The tutorials' recipe, expressed in our config."""
-    return TrainConfig.from_dict({"data": data, "backbone": backbone, "seed": seed, **REFERENCE_OVERRIDES})
+    """The tutorials' recipe, expressed in our config, at the backbone's native size (as the tutorials use it)."""
+    from core.backbones import get_backbone
+
+    native = get_backbone(backbone).native_size
+    return TrainConfig.from_dict({"data": data, "backbone": backbone, "seed": seed, "image_size": native,
+                                  **REFERENCE_OVERRIDES})
 
 
 def default_config(data: str, backbone: str, seed: int, overrides: dict[str, Any] | None = None) -> TrainConfig:

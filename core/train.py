@@ -183,32 +183,23 @@ class Trainer:
 
     def _train_head(self, data: PreparedData) -> None:
         """Phase 1: the base frozen; only the new head learns, at a high rate."""
-        from core.model import base_of, feature_extractor, head_on_features
+        from core.model import base_of, feature_extractor
 
         base_of(self.model).trainable = False
         if self.config.head_mode == "features":
-            # The frozen base gives the same features every epoch, so compute them once (plus mirrored copies,
-            # the one augmentation that is free here) and train the head on vectors: many epochs in seconds.
+            # The frozen base gives the same features every epoch, so compute them once and fit the head on the
+            # vectors exactly (core.headfit): seconds instead of epochs, and measured better than Adam with early
+            # stopping. Mirrored training copies were measured to add nothing to this fit, so they are skipped.
             self.run.heartbeat(phase=PHASE_HEAD, message="Computing frozen-base features")
             extract = feature_extractor(self.model)
             start = time.perf_counter()
-            train_x = self._features(extract, data.images["train"], mirrored=True)
-            val_x = self._features(extract, data.images["val"], mirrored=False)
+            train_x = self._features(extract, data.images["train"])
+            val_x = self._features(extract, data.images["val"]) if len(data.images["val"]) else None
             elapsed = time.perf_counter() - start
-            n_images = len(data.images["train"]) * 2 + len(data.images["val"])
+            n_images = len(data.images["train"]) + len(data.images["val"])
             self.run.log_metrics({"kind": "features", "phase": PHASE_HEAD, "images": n_images,
                                   "seconds": elapsed, "images_per_s": n_images / max(elapsed, 1e-9)})
-            train_y = np.concatenate([data.labels["train"]] * 2)
-            head = head_on_features(self.model)
-            self._compile(head, self.config.head_lr)
-            from core.loader import one_hot
-
-            weights = self.sample_weights[train_y] if self.sample_weights is not None else None
-            self.save_each_improvement = False  # epochs take a fraction of a second; saving would dominate
-            self._fit(head, PHASE_HEAD, self.config.head_epochs,
-                      x=train_x, y=one_hot(train_y, len(data.classes)), sample_weight=weights,
-                      validation_data=(val_x, one_hot(data.labels["val"], len(data.classes))),
-                      batch_size=self.global_batch, shuffle=True, images_per_step=self.global_batch)
+            self._fit_head_on_features(train_x, data.labels["train"], val_x, data.labels["val"], len(data.classes))
         else:
             self._compile(self.model, self.config.head_lr)
             self._fit(self.model, PHASE_HEAD, self.config.head_epochs,
@@ -216,20 +207,50 @@ class Trainer:
                       validation_data=self._batches(data, "val", augment=False, shuffle=False),
                       images_per_step=self.global_batch)
 
-    def _features(self, extract, images: np.ndarray, mirrored: bool) -> np.ndarray:
+    def _fit_head_on_features(self, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None,
+                              val_y: np.ndarray, num_classes: int) -> None:
+        """Fit the head for each L2 strength of the grid (logged like epochs), write the best into the model."""
+        from core.headfit import fit_head
+        from core.model import write_linear_head
+
+        bn = self.model.get_layer("head_bn")
+        started = time.perf_counter()
+
+        def log_trial(trial, index: int, total: int) -> bool:
+            self.global_epoch += 1
+            now = time.perf_counter()
+            self.run.log_metrics({"kind": "epoch", "phase": PHASE_HEAD, "epoch": self.global_epoch,
+                                  "phase_epoch": index + 1, "loss": trial.loss, "accuracy": trial.accuracy,
+                                  "val_loss": trial.val_loss, "val_accuracy": trial.val_accuracy,
+                                  "l2": trial.l2, "iterations": trial.iterations, "seconds": now - started})
+            self.run.heartbeat(phase=PHASE_HEAD, epoch=self.global_epoch, phase_epoch=index + 1,
+                               phase_epochs=total, step=0, steps=0,
+                               message=f"Fitting the head exactly: L2 strength {trial.l2:g} ({index + 1}/{total})")
+            return not self._stop_now()  # a stop keeps the best head fitted so far
+
+        weights = self.sample_weights[train_y] if self.sample_weights is not None else None
+        head, trials = fit_head(train_x, train_y, val_x, val_y, num_classes, epsilon=bn.epsilon,
+                                sample_weight=weights, label_smoothing=self.config.label_smoothing,
+                                on_trial=log_trial)
+        write_linear_head(self.model, head.mean, head.variance, head.kernel, head.bias)
+        best = next(t for t in trials if t.l2 == head.l2)
+        self.run.log_metrics({"kind": "head_fit", "phase": PHASE_HEAD, "l2": head.l2,
+                              "grid": [t.l2 for t in trials], "seconds": time.perf_counter() - started})
+        self.epoch_ended(best.val_loss if best.val_loss is not None else best.loss)
+        self.phase_ended()
+
+    def _features(self, extract, images: np.ndarray) -> np.ndarray:
         """Pooled features in chunks, so a stop request or a heartbeat never waits for the whole pass."""
         batch = max(self.global_batch, 32)
         chunk = batch * 4
-        views = [images, images[:, :, ::-1]] if mirrored else [images]
-        total, done, parts = len(images) * len(views), 0, []
-        for view in views:
-            for start in range(0, len(view), chunk):
-                if self._stop_now():
-                    raise StopTraining()
-                piece = np.ascontiguousarray(view[start:start + chunk])
-                parts.append(extract.predict(piece, batch_size=batch, verbose=0))
-                done += len(piece)
-                self.run.heartbeat(phase=PHASE_HEAD, message=f"Computing frozen-base features {done}/{total}")
+        total, parts = len(images), []
+        for start in range(0, total, chunk):
+            if self._stop_now():
+                raise StopTraining()
+            piece = np.ascontiguousarray(images[start:start + chunk])
+            parts.append(extract.predict(piece, batch_size=batch, verbose=0))
+            self.run.heartbeat(phase=PHASE_HEAD,
+                               message=f"Computing frozen-base features {start + len(piece)}/{total}")
         return np.concatenate(parts).astype(np.float32)
 
     def _stop_now(self) -> bool:

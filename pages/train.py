@@ -27,13 +27,18 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
     backbone = left.selectbox("Backbone", names, index=names.index(DEFAULT_BACKBONE), key="backbone",
                               format_func=lambda n: f"{BACKBONES[n].label} · {BACKBONES[n].native_size} px")
     native = BACKBONES[backbone].native_size
-    size_default = quick["image_size"] or native
+    size_default = quick["image_size"] or BACKBONES[backbone].recipe_size
     size = middle.select_slider("Image size (pixels)", IMAGE_SIZES, value=size_default, key="image_size",
                                 help=f"Native size of {BACKBONES[backbone].label}: {native} px. Smaller trains "
                                      "faster; larger sees more detail.")
-    middle.caption(f"Native size: {native} px" + (" · quick CPU default: 160 px" if accelerator != "gpu" else ""))
+    recipe = BACKBONES[backbone].recipe_size
+    middle.caption(f"Native size: {native} px" + (f" · recipe default: {recipe} px (frozen features are better a "
+                                                   "little above the training size)" if recipe != native else ""))
     head_epochs = right.number_input("Head epochs (phase 1, frozen base)", 1, 200, DEFAULTS.head_epochs,
-                                     key="head_epochs", help="An upper bound: early stopping ends sooner.")
+                                     key="head_epochs",
+                                     help="With cached features (the default) the head is fitted exactly in "
+                                          "seconds and this only needs to be above 0; with head_mode 'images' "
+                                          "it is an upper bound that early stopping ends sooner.")
     finetune_epochs = right.number_input("Fine-tune epochs (phase 2)", 0, 100, quick["finetune_epochs"],
                                          key="finetune_epochs",
                                          help="0 trains the head only (quick on a CPU). Fine-tuning unfreezes the "

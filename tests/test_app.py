@@ -205,7 +205,7 @@ def test_start_launches_a_job_and_shows_it(workspace: Path, monkeypatch: pytest.
     next(b for b in at.button if b.label == "Start training").click().run()
     no_exceptions(at)
     config = launched["config"]
-    assert (config.backbone, config.image_size, config.finetune_epochs) == ("efficientnet_lite0", 160, 0)
+    assert (config.backbone, config.image_size, config.finetune_epochs) == ("efficientnet_lite0", 288, 0)
     assert config.augmentation == "light"
     assert at.query_params["run"] in (["run-fake-1"], "run-fake-1")
     assert "Run run-fake-1" in texts(at)

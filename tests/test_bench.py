@@ -40,4 +40,7 @@ def test_reference_recipe_is_the_tutorial_recipe(flowers_dir):
     assert (reference.head_epochs, reference.head_lr, reference.batch_size) == (2, 1e-2, 32)
     assert reference.finetune_epochs == 0 and reference.augmentation == "none" and reference.dropout == 0.2
     assert REFERENCE_OVERRIDES["tta"] is False
-    assert default_config(str(flowers_dir), "efficientnet_lite0", 0).head_mode == "features"
+    # the tutorials run Lite0 at its native 224 px; the default recipe's own size is 288 px
+    assert reference.resolved_image_size == 224
+    default = default_config(str(flowers_dir), "efficientnet_lite0", 0)
+    assert default.head_mode == "features" and default.resolved_image_size == 288

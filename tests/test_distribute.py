@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import require, run_cli
 from core.runs import RunDir
 
@@ -61,3 +63,17 @@ def test_two_jax_cpu_devices_match_one(tmp_path, flowers_dir):
     accuracy_one, accuracy_two = one.read_evaluation()["accuracy"], two.read_evaluation()["accuracy"]
     assert accuracy_one > 0.4 and accuracy_two > 0.4  # chance is 0.2; two frozen-base epochs at 64 px
     assert abs(accuracy_one - accuracy_two) <= 0.15
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}'),
+    ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "a:1234,b:1234"),
+])
+def test_multi_machine_is_refused_up_front_naming_the_variable(monkeypatch, variable, value):
+    """Both frameworks fail deep inside fit() across machines today; the trainer says so before any work."""
+    from core import StudioError
+    from core.distribute import prepare_devices
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(StudioError, match=rf"{variable} asks for training across several machines.*Unset {variable}"):
+        prepare_devices()

@@ -84,12 +84,22 @@ def curve_figure(epochs: Sequence[dict[str, Any]], metric: str, title: str) -> g
 
 
 def learning_rate_figure(epochs: Sequence[dict[str, Any]]) -> go.Figure:
-    """The learning rate per epoch on a log axis (drops show ReduceLROnPlateau and the fine-tune switch)."""
+    """The learning rate per epoch on a log axis (drops show ReduceLROnPlateau and the fine-tune switch).
+
+    Points of an exact head fit (core.headfit) have no learning rate; their L2 strength is drawn instead, so the
+    chart shows what changed from one point to the next."""
     fig = go.Figure()
-    fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e.get("lr") for e in epochs], name="learning rate",
-                    mode="lines+markers", line=dict(color=ACCENT, shape="hv"))
+    x = [e["epoch"] for e in epochs]
+    for key, name, colour in (("lr", "learning rate", ACCENT), ("l2", "head fit: L2 strength", VAL_COLOUR)):
+        y = [e.get(key) for e in epochs]
+        if any(v is not None for v in y):
+            fig.add_scatter(x=x, y=y, name=name, mode="lines+markers", line=dict(color=colour, shape="hv"))
     _mark_phases(fig, epochs)
-    fig.update_layout(title="Learning rate", xaxis_title="epoch", **_LAYOUT)
+    has_l2 = any(e.get("l2") is not None for e in epochs)
+    has_lr = any(e.get("lr") is not None for e in epochs)
+    title = "Learning rate" if not has_l2 else ("L2 strength of the head fit" if not has_lr
+                                                 else "Head fit L2 strength, then learning rate")
+    fig.update_layout(title=title, xaxis_title="epoch", **_LAYOUT)
     fig.update_yaxes(type="log", exponentformat="power")
     return fig
 

@@ -154,3 +154,17 @@ def test_cam_means_equal_the_classifier_logits() -> None:
     expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     np.testing.assert_allclose(expected, model.predict(image[None], verbose=0)[0], atol=1e-5)
     assert heatmap_for(model, np.zeros((50, 80, 3), np.uint8), 1, 64).shape == (50, 80, 3)
+
+
+def test_head_fit_points_draw_their_l2_strength_where_epochs_draw_the_learning_rate():
+    from core import charts
+
+    epochs = [{"epoch": 1, "phase": "head", "l2": 0.01, "loss": 0.5, "val_loss": 0.6},
+              {"epoch": 2, "phase": "head", "l2": 0.1, "loss": 0.6, "val_loss": 0.55},
+              {"epoch": 3, "phase": "finetune", "lr": 1e-5, "loss": 0.4, "val_loss": 0.5}]
+    fig = charts.learning_rate_figure(epochs)
+    traces = {t.name: [v for v in t.y] for t in fig.data}
+    assert traces["head fit: L2 strength"][:2] == [0.01, 0.1]
+    assert traces["learning rate"][2] == 1e-5
+    assert "L2 strength" in fig.layout.title.text
+    assert charts.learning_rate_figure(epochs[2:]).layout.title.text == "Learning rate"

@@ -71,7 +71,8 @@ def test_every_format_is_exported_and_float_formats_agree_with_keras(run: RunDir
         assert entry["images"] == len(run.read_split()["val"]) == 80
         assert parity[fmt]["agreement"] == entry["agreement"]
         if FORMATS[fmt].is_float:
-            assert entry["agreement"] >= FLOAT_AGREEMENT and entry["passed"], (fmt, entry)
+            # near-ties of the Keras model (top two < TIE_MARGIN apart) may swap under float16 rounding
+            assert entry["decisive_agreement"] >= FLOAT_AGREEMENT and entry["passed"], (fmt, entry)
             assert entry["max_abs_probability_difference"] < 0.05, (fmt, entry)
     int8 = exported["formats"]["tflite_int8"]
     print(f"\ntflite_int8: top-1 agreement {int8['agreement']:.1%}, accuracy {int8['keras_accuracy']:.1%} -> "
@@ -231,3 +232,17 @@ def test_bundle_classifier_refuses_a_tensorflow_only_format(tmp_path: Path):
     (tmp_path / "model.keras").write_bytes(b"x")
     with pytest.raises(StudioError, match="export the run as onnx or tflite"):
         BundleClassifier(tmp_path / "model.keras", ["a", "b"], 96)
+
+
+def test_parity_counts_a_swapped_near_tie_as_a_tie_and_a_decided_swap_as_a_disagreement():
+    from core.export import TIE_MARGIN, parity_numbers
+
+    reference = np.array([[0.500, 0.497, 0.003], [0.9, 0.05, 0.05], [0.1, 0.8, 0.1]])
+    labels = np.array([0, 0, 1])
+    tie_swapped = np.array([[0.497, 0.500, 0.003], [0.9, 0.05, 0.05], [0.1, 0.8, 0.1]])
+    numbers = parity_numbers(tie_swapped, reference, labels)
+    assert reference[0, 0] - reference[0, 1] < TIE_MARGIN
+    assert numbers["disagreements"] == 1 and numbers["ties"] == 1 and numbers["decisive_agreement"] == 1.0
+    decided_swapped = np.array([[0.500, 0.497, 0.003], [0.05, 0.9, 0.05], [0.1, 0.8, 0.1]])
+    numbers = parity_numbers(decided_swapped, reference, labels)
+    assert numbers["decisive_agreement"] == 0.5 and numbers["agreement"] == 2 / 3

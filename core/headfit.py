@@ -34,9 +34,6 @@ class LinearHead:
     bias: np.ndarray
     l2: float
 
-    def probabilities(self, features: np.ndarray, epsilon: float) -> np.ndarray:
-        return softmax(standardise(features, self.mean, self.variance, epsilon) @ self.kernel + self.bias)
-
 
 @dataclass
 class Trial:

@@ -299,9 +299,8 @@ def format_seconds(seconds: float) -> str:
 
 # The UI used to train at 160 px on a CPU to keep the first model under two minutes. Since the head is fitted
 # exactly on cached features (core.headfit), the recipe's own size (Lite0: 288 px) takes about a minute end to end
-# on a 2-core CPU for flowers-mini's 400 photos, so a CPU and a GPU start from the same size; only fine-tuning
-# differs, by the core's 'auto' rule.
+# on a 2-core CPU for flowers-mini's 400 photos, so a CPU and a GPU start from the backbone's recipe size; only
+# fine-tuning differs, by the core's 'auto' rule.
 def recommended_settings(accelerator: str) -> dict[str, Any]:
-    """Training defaults for the UI: the CLI's recipe (image size None = the backbone's recipe size)."""
-    return {"image_size": None,
-            "finetune_epochs": default_finetune_epochs(accelerator)}
+    """Training defaults for the UI that depend on the device: the CLI's own 'auto' rule."""
+    return {"finetune_epochs": default_finetune_epochs(accelerator)}

@@ -27,11 +27,10 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
     backbone = left.selectbox("Backbone", names, index=names.index(DEFAULT_BACKBONE), key="backbone",
                               format_func=lambda n: f"{BACKBONES[n].label} · {BACKBONES[n].native_size} px")
     native = BACKBONES[backbone].native_size
-    size_default = quick["image_size"] or BACKBONES[backbone].recipe_size
-    size = middle.select_slider("Image size (pixels)", IMAGE_SIZES, value=size_default, key="image_size",
+    recipe = BACKBONES[backbone].recipe_size
+    size = middle.select_slider("Image size (pixels)", IMAGE_SIZES, value=recipe, key="image_size",
                                 help=f"Native size of {BACKBONES[backbone].label}: {native} px. Smaller trains "
                                      "faster; larger sees more detail.")
-    recipe = BACKBONES[backbone].recipe_size
     middle.caption(f"Native size: {native} px" + (f" · recipe default: {recipe} px (frozen features are better a "
                                                    "little above the training size)" if recipe != native else ""))
     head_epochs = right.number_input("Head epochs (phase 1, frozen base)", 1, 200, DEFAULTS.head_epochs,
@@ -47,7 +46,9 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
         a, b, c = st.columns(3)
         batch_size = a.select_slider("Batch size", [4, 8, 16, 32, 64, 128], DEFAULTS.batch_size, key="batch_size")
         head_lr = a.select_slider("Head learning rate", LEARNING_RATES, DEFAULTS.head_lr, key="head_lr",
-                                  format_func=lambda v: f"{v:g}")
+                                  format_func=lambda v: f"{v:g}",
+                                  help="Adam's rate for head_mode 'images'; the default exact fit on cached "
+                                       "features has no learning rate.")
         finetune_lr = a.select_slider("Fine-tune learning rate", LEARNING_RATES, DEFAULTS.finetune_lr,
                                       key="finetune_lr", format_func=lambda v: f"{v:g}")
         unfreeze = b.slider("Stages to unfreeze when fine-tuning", 0, 7, DEFAULTS.unfreeze_stages, key="unfreeze")

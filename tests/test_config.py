@@ -18,8 +18,8 @@ def test_auto_finetune_depends_on_the_device():
 
 
 def test_ui_settings_are_numbers_on_every_device():
-    assert recommended_settings("gpu") == {"image_size": None, "finetune_epochs": GPU_FINETUNE_EPOCHS}
-    assert recommended_settings("cpu") == {"image_size": None, "finetune_epochs": 0}
+    assert recommended_settings("gpu") == {"finetune_epochs": GPU_FINETUNE_EPOCHS}
+    assert recommended_settings("cpu") == {"finetune_epochs": 0}
 
 
 def test_progress_uses_the_resolved_finetune_epochs():

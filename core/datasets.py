@@ -257,6 +257,61 @@ def split_samples(dataset: Dataset, val_fraction: float = 0.2, test_fraction: fl
     return _stratified(dataset.samples, val_fraction, test_fraction, seed)
 
 
+@dataclass(frozen=True)
+class SplitDescription:
+    """What split_samples will do with a dataset, as one sentence, and which of its shares it reads."""
+
+    sentence: str
+    uses_val_fraction: bool   # False when the dataset's own val/ folder is used as it is
+    uses_test_fraction: bool  # only class folders without train/ get a test share
+
+
+def describe_split(dataset: Dataset, val_fraction: float = 0.2, test_fraction: float = 0.0) -> SplitDescription:
+    """The split in words, following split_samples case by case so the Data page never says otherwise."""
+    # Decided from the samples, as split_samples does: a val/ folder with no usable image is carved like none.
+    folders = _split_folder_names(dataset.samples)
+    if dataset.report.layout != "split_folders":
+        flat = "The images are in class folders with no train/ or val/ folder, so "
+        if val_fraction <= 0:
+            return SplitDescription(flat + "with a validation share of 0 nothing is held out for validation, "
+                                    "and training refuses to start.", uses_val_fraction=True, uses_test_fraction=True)
+        test = f", {_percent(test_fraction)} for the final test," if test_fraction > 0 else ""
+        return SplitDescription(f"{flat}{_percent(val_fraction)} of each class is picked at random (seeded) for "
+                                f"validation{test} and the rest is trained on.",
+                                uses_val_fraction=True, uses_test_fraction=True)
+    # split_samples never carves a test set out of split folders: a test share given for one is ignored.
+    no_test = " No test set is made: the test share applies only to class folders without train/." \
+        if test_fraction > 0 and "test" not in folders else ""
+    if "val" in folders:
+        own = _join([folders[name] for name in SPLIT_NAMES if name in folders])
+        return SplitDescription(f"The dataset's own {own} folders are used as they are.{no_test}",
+                                uses_val_fraction=False, uses_test_fraction=False)
+    test_note = f" Its {folders['test']} folder is kept apart for the final test." if "test" in folders else no_test
+    train = folders.get("train", "train/")
+    carved = _percent(val_fraction or 0.2)  # split_samples falls back to 20% when asked for none
+    return SplitDescription(f"The dataset has a {train} folder but no val/ folder with images, so {carved} of each "
+                            f"class in {train} is picked at random (seeded) for validation and the rest is trained "
+                            f"on.{test_note}", uses_val_fraction=True, uses_test_fraction=False)
+
+
+def _split_folder_names(samples: list[Sample]) -> dict[str, str]:
+    """Split -> the folder it came from as spelled on disk ("valid/", "Training/"), for splits with images."""
+    names: dict[str, str] = {}
+    for sample in samples:
+        if sample.split and sample.split not in names:
+            names[sample.split] = Path(sample.path).parts[0] + "/"
+    return names
+
+
+def _percent(fraction: float) -> str:
+    return f"{round(fraction * 100, 1):g}%"
+
+
+def _join(words: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def _stratified(samples: list[Sample], val_fraction: float, test_fraction: float,
                 seed: int) -> dict[str, list[Sample]]:
     rng = random.Random(seed)

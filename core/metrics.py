@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -78,6 +78,22 @@ def worst_mistakes(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]
             for i in wrong]
 
 
+def error_count(matrix: np.ndarray | Sequence[Sequence[int]]) -> int:
+    """All wrong predictions: the confusion matrix's off-diagonal sum."""
+    cells = np.asarray(matrix, dtype=np.int64)
+    return int(cells.sum() - np.trace(cells)) if cells.size else 0
+
+
+def mistake_count(evaluation: Mapping[str, Any]) -> int:
+    """How many images an evaluation.json got wrong, of which `mistakes` lists only the most confident.
+
+    Reports written before `mistakes_total` existed carry the same number in their confusion matrix.
+    """
+    if "mistakes_total" in evaluation:
+        return int(evaluation["mistakes_total"])
+    return error_count(evaluation.get("confusion_matrix") or [])
+
+
 def choose_k(num_classes: int) -> int:
     """A top-k that says something: 5 for many classes, fewer for few (top-k with k >= classes is always 1)."""
     return max(1, min(5, num_classes // 2))
@@ -102,4 +118,6 @@ def evaluation_report(probs: np.ndarray, labels: np.ndarray, classes: Sequence[s
         "per_class": per_class_scores(matrix, classes),
         "most_confused": most_confused(matrix, classes),
         "mistakes": worst_mistakes(probs, labels, classes, paths),
+        # `mistakes` is capped, so the page can say "24 of 52" rather than pass the cap off as the total.
+        "mistakes_total": error_count(matrix),
     }

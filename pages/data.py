@@ -152,14 +152,17 @@ def report_section(path) -> None:
 
 def split_table(dataset) -> None:
     """How training will split the images, per class."""
+    from core.datasets import describe_split
+
     st.markdown("**The split training will use**")
-    if dataset.report.layout == "split_folders":
-        st.caption("The dataset has its own train/val folders, which are used as they are.")
+    sentence = st.empty()  # above the slider, but worded with the share the slider returns
     workspace = current_workspace(sync_address=False)
     state = workspace.load_state()
+    # The Train page passes no test share, so neither does this preview (split_samples' default 0).
     fraction = st.slider("Validation share (when there is no val/ folder)", 0.1, 0.5,
                          float(state.get("val_fraction", 0.2)), 0.05, key="val_fraction",
-                         disabled=dataset.report.layout == "split_folders")
+                         disabled=not describe_split(dataset).uses_val_fraction)
+    sentence.caption(describe_split(dataset, fraction, 0.0).sentence)
     if fraction != state.get("val_fraction", 0.2):
         workspace.save_state(val_fraction=fraction)
     if not dataset.report.trainable:

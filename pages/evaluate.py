@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import StudioError, charts, jobs, profile
+from core.metrics import mistake_count
 from core.previews import mistakes_with_images, thumbnail
 from pages._common import ensure_app_shell, load_bundle, no_model_message, pick_model, runs, show_error
 
@@ -42,24 +43,35 @@ def confusion(evaluation: dict) -> None:
             st.dataframe(pd.DataFrame(evaluation["most_confused"]), hide_index=True, width="stretch")
 
 
+MISTAKE_PICTURES = 18  # three rows of six; a demo bundle carries thumbnails for as many (core.export)
+
+
 def mistakes(evaluation: dict) -> None:
-    """The most confident mistakes, with their pictures."""
-    root = evaluation.get("root")
-    found = mistakes_with_images(evaluation.get("mistakes", []), Path(root) if root else None)
-    st.markdown(f"**Most confident mistakes** ({len(evaluation.get('mistakes', []))} in all)")
-    if not evaluation.get("mistakes"):
+    """The most confident mistakes, with their pictures, counted against every error in the confusion matrix."""
+    listed = evaluation.get("mistakes", [])
+    total = max(mistake_count(evaluation), len(listed))  # evaluation.json lists only the most confident ones
+    if not total:
+        st.markdown("**Most confident mistakes**")
         st.caption("No mistakes on this split.")
         return
-    if not found:
-        st.caption(f"The images are no longer at {root}, so only the list is shown.")
-        st.dataframe(pd.DataFrame(evaluation["mistakes"]), hide_index=True)
+    root = evaluation.get("root")
+    found = mistakes_with_images(listed, Path(root) if root else None)
+    pictured = [(item, image) for item in found[:MISTAKE_PICTURES]
+                if (image := picture(str(item["file"]))) is not None]
+    if not pictured:
+        st.markdown(f"**Most confident mistakes: {len(listed)} of {total} shown**")
+        if not listed:
+            st.caption("This report lists none of them.")
+            return
+        st.caption(f"The images are no longer at {root}, so only the list is shown." if not found
+                   else "The images could not be read, so only the list is shown.")
+        st.dataframe(pd.DataFrame(listed), hide_index=True)
         return
+    st.markdown(f"**Most confident mistakes: {len(pictured)} of {total} shown**")
     cols = st.columns(6)
-    for i, item in enumerate(found[:18]):
-        image = picture(str(item["file"]))
-        if image is not None:
-            cols[i % 6].image(image, caption=f"true {item['true']} → predicted {item['predicted']} "
-                                             f"({item['confidence']:.0%})")
+    for i, (item, image) in enumerate(pictured):
+        cols[i % 6].image(image, caption=f"true {item['true']} → predicted {item['predicted']} "
+                                         f"({item['confidence']:.0%})")
 
 
 def single_run() -> None:

@@ -10,6 +10,7 @@ reuses one folder and never changes the files an earlier run was trained on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -182,22 +183,51 @@ def ingest_files(files: Sequence[tuple[str, bytes]], name: str | None = None,
 
 
 def ingest_zip(source: bytes | BinaryIO | Path, name: str = "upload", destination: Path | None = None) -> Path:
-    """Unpack a .zip of a dataset folder into a new dataset folder (safely) and return it."""
-    data = Path(source).read_bytes() if isinstance(source, Path) else source if isinstance(source, bytes) \
-        else source.read()
+    """Unpack a .zip of a dataset folder into a new dataset folder (safely) and return it.
+
+    `source` may be the bytes, a path, or a seekable binary file (Streamlit's UploadedFile): a file is read in
+    place, chunk by chunk, so a large upload is never copied whole in memory.
+    """
     shown = _shown(name)
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except Exception:  # hostile bytes make zipfile raise many types (BadZipFile, ValueError, EOFError, ...)
-        raise StudioError(f"{shown} is not a valid .zip file; zip the dataset folder and upload it again.") from None
-    with archive:
-        members = _checked_members(archive, shown)
-        planned = plan_paths([info.filename for info in members])
-        digest = hashlib.blake2b(data, digest_size=8).hexdigest()
-        label = Path(name).stem if name.lower().endswith(".zip") else name
-        entries = [(path, (lambda i=info: _read_member(archive, i, shown)))
-                   for path, info in zip(planned, members) if path is not None]
-        return _materialise(entries, label, digest, destination, sum(i.file_size for i in members))
+    with zip_stream(source) as stream:
+        digest = _stream_digest(stream)
+        try:
+            archive = zipfile.ZipFile(stream)
+        except Exception:  # hostile bytes make zipfile raise many types (BadZipFile, ValueError, EOFError, ...)
+            raise StudioError(f"{shown} is not a valid .zip file; zip the dataset folder and upload it again.") \
+                from None
+        with archive:
+            members = _checked_members(archive, shown)
+            planned = plan_paths([info.filename for info in members])
+            label = Path(name).stem if name.lower().endswith(".zip") else name
+            entries = [(path, (lambda i=info: _read_member(archive, i, shown)))
+                       for path, info in zip(planned, members) if path is not None]
+            return _materialise(entries, label, digest, destination, sum(i.file_size for i in members))
+
+
+@contextlib.contextmanager
+def zip_stream(source: bytes | BinaryIO | Path) -> Iterator[BinaryIO]:
+    """A seekable binary stream over `source`, rewound, without copying bytes or a seekable file."""
+    if isinstance(source, Path):
+        with open(source, "rb") as handle:
+            yield handle
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        yield io.BytesIO(source)
+    elif source.seekable():
+        source.seek(0)
+        yield source
+    else:  # a pipe or socket: zipfile needs to seek, so this one is read whole
+        yield io.BytesIO(source.read())
+
+
+def _stream_digest(stream: BinaryIO, chunk: int = 1024**2) -> str:
+    """blake2b (8 bytes) of the whole stream, read in chunks, leaving it rewound."""
+    digest = hashlib.blake2b(digest_size=8)
+    stream.seek(0)
+    while block := stream.read(chunk):
+        digest.update(block)
+    stream.seek(0)
+    return digest.hexdigest()
 
 
 def _checked_members(archive: zipfile.ZipFile, name: str) -> list[zipfile.ZipInfo]:

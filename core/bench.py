@@ -19,7 +19,7 @@ def run(what: str, args: argparse.Namespace) -> dict[str, Any]:
     if what in ("loader", "recipe") and not args.data:
         raise StudioError(f"bench {what} needs --data DIR (a labelled image folder).")
     handlers: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-        "loader": bench_loader, "train": bench_train, "recipe": bench_recipe}
+        "loader": bench_loader, "train": bench_train, "recipe": bench_recipe, "scale": bench_scale}
     result = handlers[what](args)
     return {"bench": what, "machine": machine_summary(), **result}
 
@@ -182,3 +182,63 @@ def bench_recipe(args: argparse.Namespace) -> dict[str, Any]:
         except json.JSONDecodeError:  # a bare word such as a preset name
             overrides[key] = value
     return compare_recipes(args.data, seeds=args.seeds, backbone=args.recipe_backbone, overrides=overrides)
+
+
+# ----------------------------------------------------------------------------------------- scale
+def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
+    """The default recipe, whole trainer processes, on generated folders of growing size: peak RSS, cache size on
+    disk, seconds and images/s per phase. Each size gets a fresh cache (a cold first run)."""
+    import shutil
+    import tempfile
+
+    from core.synthetic import make_dataset
+
+    sizes = args.sizes or [1000, 5000, 20000]
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="studio-scale-"))
+    rows = []
+    try:
+        for size in sizes:
+            data = work / f"data-{size}"
+            if not data.is_dir():
+                make_dataset(data, size, seed=size)
+            rows.append(_scale_row(data, size, work / f"models-{size}", args))
+            if not args.keep:
+                shutil.rmtree(work / f"models-{size}", ignore_errors=True)
+    finally:
+        if not args.keep and not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    return {"what": "default recipe (CLI `train`, every default) on generated 6-class photo folders",
+            "extra_train_args": args.train_args or [], "rows": rows,
+            "peak_rss_ratio_largest_over_smallest": rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]}
+
+
+def _scale_row(data: Path, size: int, models: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One trainer process on `data`; its own peak RSS from the kernel (os.wait4's rusage of that child)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from core.imagecache import cache_size
+    from core.runs import RunDir
+
+    command = [sys.executable, "-m", "core", "--models-dir", str(models), "train", "--data", str(data),
+               *(args.train_args or [])]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "STUDIO_CACHE_DIR": str(models / ".cache")}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        child = subprocess.Popen(command, stdout=out, stderr=err, env=env, text=True)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if child.returncode != 0:
+        last = (stderr.strip().splitlines() or ["no output"])[-1]
+        raise StudioError(f"bench scale: training on {size} images failed: {last}")
+    run = RunDir(stdout.strip().splitlines()[-1])
+    phases = {m["phase"]: {"seconds": round(m["seconds"], 2), "per_s": round(m["rate"] or 0, 1), "unit": m["unit"]}
+              for m in run.read_metrics() if m.get("kind") == "phase"}
+    evaluation = run.read_evaluation() or {}
+    return {"images": size, "peak_rss_mb": round(usage.ru_maxrss / 1024),
+            "cache_mb": round(cache_size(models / ".cache") / 1024**2), "seconds": round(seconds, 1),
+            "accuracy": evaluation.get("accuracy"), "phases": phases}

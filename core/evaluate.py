@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,13 +26,16 @@ def run_image_size(run: RunDir) -> int:
     return int(config.get("resolved", {}).get("image_size") or config.get("image_size") or 224)
 
 
-def evaluate_images(run: RunDir, images: np.ndarray, labels: np.ndarray, paths: list[str], split: str,
-                    tta: bool = False, model=None) -> dict[str, Any]:
-    """Score already-decoded images with the run's best model and store evaluation.json."""
-    from core.model import predict_probabilities
+def evaluate_images(run: RunDir, images, labels: np.ndarray, paths: list[str], split: str,
+                    tta: bool = False, model=None, batch_size: int = 32,
+                    on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Score decoded images (an array or an on-disk ImageCache) with the run's best model, a batch at a time,
+    and store evaluation.json. `on_batch(images done)` follows each batch and may raise to stop: then nothing
+    is written."""
+    from core.model import predict_in_batches
 
     model = model or load_run_model(run)
-    probs = predict_probabilities(model, images, tta=tta)
+    probs = predict_in_batches(model, images, batch_size, tta=tta, on_batch=on_batch)
     report = evaluation_report(probs, labels, run.read_classes(), paths, split)
     report["tta"] = bool(tta)
     report["root"] = run.read_split().get("root")
@@ -43,7 +46,7 @@ def evaluate_images(run: RunDir, images: np.ndarray, labels: np.ndarray, paths: 
 def evaluate_run(run: RunDir, data: Path | str | None = None, split: str | None = None) -> dict[str, Any]:
     """Re-evaluate a run: on its saved split (test if it has one, else val), or on every image of `data`."""
     from core.datasets import scan, split_from_json
-    from core.loader import decode_cache
+    from core.imagecache import default_cache_dir, open_or_build
 
     classes = run.read_classes()
     size = run_image_size(run)
@@ -66,6 +69,6 @@ def evaluate_run(run: RunDir, data: Path | str | None = None, split: str | None 
                               "pass --data with the dataset's current location.")
     if not samples:
         raise StudioError(f"No images to evaluate in the {part} split.")
-    images = decode_cache([root / p for p, _ in samples], size)
+    images, _ = open_or_build([root / p for p, _ in samples], size, default_cache_dir(run.path.parent))
     labels = np.asarray([label for _, label in samples], dtype=np.int64)
     return evaluate_images(run, images, labels, [p for p, _ in samples], part, tta=tta)

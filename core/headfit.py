@@ -58,9 +58,17 @@ def standardise(features: np.ndarray, mean: np.ndarray, variance: np.ndarray, ep
     return (features - mean) / np.sqrt(variance + epsilon)
 
 
+class FitStopped(Exception):
+    """The caller's per-iteration callback asked to stop inside a fit."""
+
+
 def fit_logistic(x: np.ndarray, labels: np.ndarray, num_classes: int, l2: float,
-                 sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-    """Minimise mean weighted cross-entropy + l2/2 * |W|^2 (bias unpenalised). Returns (W, b, iterations)."""
+                 sample_weight: np.ndarray | None = None,
+                 on_iteration: Callable[[int], bool] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Minimise mean weighted cross-entropy + l2/2 * |W|^2 (bias unpenalised). Returns (W, b, iterations).
+
+    `on_iteration(iteration)` is called after each L-BFGS iteration; returning False raises FitStopped (a fit
+    cut short is no optimum, so it is not returned)."""
     x = np.asarray(x, dtype=np.float64)
     n, dims = x.shape
     targets = np.eye(num_classes)[labels]
@@ -75,8 +83,17 @@ def fit_logistic(x: np.ndarray, labels: np.ndarray, num_classes: int, l2: float,
         grad = np.concatenate([(x.T @ grad_logits + l2 * kernel).ravel(), grad_logits.sum(axis=0)])
         return float(loss), grad
 
+    iterations = [0]
+
+    def callback(intermediate_result) -> None:
+        iterations[0] += 1
+        if on_iteration is not None and on_iteration(iterations[0]) is False:
+            raise StopIteration  # SciPy ends the minimisation cleanly on StopIteration
+
     result = minimize(objective, np.zeros(dims * num_classes + num_classes), jac=True, method="L-BFGS-B",
-                      options={"maxiter": MAX_ITERATIONS})
+                      options={"maxiter": MAX_ITERATIONS}, callback=callback)
+    if on_iteration is not None and "StopIteration" in str(result.message):
+        raise FitStopped()
     params = result.x
     return params[:-num_classes].reshape(dims, num_classes), params[-num_classes:], int(result.nit)
 
@@ -93,10 +110,13 @@ def _scores(probs: np.ndarray, labels: np.ndarray, label_smoothing: float) -> tu
 def fit_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, val_y: np.ndarray | None,
              num_classes: int, epsilon: float, sample_weight: np.ndarray | None = None,
              label_smoothing: float = 0.0, grid: tuple[float, ...] = L2_GRID,
-             on_trial: Callable[[Trial, int, int], bool] | None = None) -> tuple[LinearHead, list[Trial]]:
+             on_trial: Callable[[Trial, int, int], bool] | None = None,
+             on_iteration: Callable[[int, float], bool] | None = None) -> tuple[LinearHead | None, list[Trial]]:
     """Fit one head per L2 strength, keep the one with the lowest validation loss (the middle of the grid when
     there is no validation split). `on_trial(trial, index, total)` is called after each fit, e.g. to log it;
-    returning False ends the grid early (a stop request) and the best head so far is returned."""
+    returning False ends the grid early (a stop request) and the best head so far is returned.
+    `on_iteration(index, fraction)` is called within a fit (fraction of the iteration budget used); returning
+    False abandons that fit and ends the grid: the best head of the finished fits is returned, None if none."""
     mean, variance = train_x.mean(axis=0), train_x.var(axis=0)
     train_z = standardise(train_x, mean, variance, epsilon)
     has_val = val_x is not None and val_y is not None and len(val_y) > 0
@@ -105,7 +125,12 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None,
     best: tuple[float, LinearHead] | None = None
     trials: list[Trial] = []
     for index, l2 in enumerate(grid):
-        kernel, bias, iterations = fit_logistic(train_z, train_y, num_classes, l2, sample_weight)
+        within = None if on_iteration is None else \
+            (lambda it, i=index: on_iteration(i, min(it / MAX_ITERATIONS, 0.99)))
+        try:
+            kernel, bias, iterations = fit_logistic(train_z, train_y, num_classes, l2, sample_weight, within)
+        except FitStopped:
+            break
         loss, accuracy = _scores(softmax(train_z @ kernel + bias), train_y, label_smoothing)
         val_loss = val_accuracy = None
         if has_val:
@@ -117,5 +142,4 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None,
             best = (score, LinearHead(mean, variance, kernel, bias, l2))
         if on_trial is not None and on_trial(trial, index, len(grid)) is False:
             break
-    assert best is not None
-    return best[1], trials
+    return (best[1] if best is not None else None), trials

@@ -16,9 +16,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from core import StudioError
+from core import progress as core_progress
 from core.config import TrainConfig, default_finetune_epochs
 from core.runs import (FINAL_STATES, HEARTBEAT_TIMEOUT_SECONDS, RunDir, list_runs, new_run_id, read_json,
                        write_json_atomic)
@@ -250,51 +252,115 @@ def log_tail(run: RunDir, lines: int = 30) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def progress(status: dict[str, Any], config: dict[str, Any]) -> tuple[float, str]:
-    """A 0..1 fraction for the progress bar and a one-line caption (phase, epoch, images/s, ETA)."""
-    state, phase = status.get("state", "queued"), status.get("phase") or ""
+def progress(status: dict[str, Any], config: dict[str, Any] | None = None) -> tuple[float, str]:
+    """A 0..1 fraction for the progress bar and a one-line caption (step, phase, count, rate, ETA)."""
+    state = status.get("state", "queued")
     if state in FINAL_STATES:
-        return 1.0, {"succeeded": "Finished", "stopped": "Stopped; the best model is kept",
-                     "failed": "Failed"}[state]
-    if state == "queued":
+        return 1.0, {"succeeded": "Finished", "stopped": "Stopped", "failed": "Failed"}[state]
+    if state == "queued" or not status.get("phase"):
         return 0.0, status.get("message") or "Starting the trainer"
-    # 'auto' fine-tuning is resolved by the trainer for its device and saved under config["resolved"].
-    finetune = config.get("resolved", {}).get("finetune_epochs", config.get("finetune_epochs"))
-    head, finetune = int(config.get("head_epochs") or 0), int(finetune or 0)
-    two_phases = head > 0 and finetune > 0
-    if phase in ("head", "finetune"):
-        # With two phases the head fills the first half of the bar and fine-tuning the second.
-        if phase == "head":
-            start, share = 0.0, (0.5 if two_phases else 1.0)
-            label = "Phase 1 of 2: training the head" if two_phases else "Training the head"
-        else:
-            start, share = (0.5, 0.5) if two_phases else (0.0, 1.0)
-            label = "Phase 2 of 2: fine-tuning the top layers" if two_phases else "Fine-tuning"
-        if status.get("message"):  # e.g. "Computing frozen-base features", before the first epoch
-            return start, f"{label}: {status['message']}"
-        phase_epochs = int(status.get("phase_epochs") or (head if phase == "head" else finetune) or 1)
-        phase_epoch = int(status.get("phase_epoch") or 1)
-        step, steps = int(status.get("step") or 0), int(status.get("steps") or 0)
-        within = ((phase_epoch - 1) + (step / steps if steps else 0.0)) / max(phase_epochs, 1)
-        parts = [label, f"epoch {phase_epoch} of at most {phase_epochs}"]
-        if steps:
-            parts.append(f"step {step}/{steps}")
-        if status.get("images_per_s"):
-            parts.append(f"{float(status['images_per_s']):.0f} images/s")
-        if status.get("eta_seconds") is not None:
-            parts.append(f"about {format_seconds(float(status['eta_seconds']))} left")
-        return min(1.0, start + share * within), " · ".join(parts)
-    if phase == "evaluating":
-        return 0.99, status.get("message") or "Evaluating the best model"
-    return 0.0, status.get("message") or "Preparing data"
+    return float(status.get("fraction") or 0.0), core_progress.caption(status)
 
 
-def format_seconds(seconds: float) -> str:
-    """75 -> '1:15'; 3725 -> '1:02:05'."""
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+format_seconds = core_progress.format_seconds
+
+
+# ----------------------------------------------------------------------------------------- one view of a run
+@dataclass(frozen=True)
+class ModelVerdict:
+    """Whether a run's saved model may be offered by default, and why (not)."""
+
+    usable: bool
+    reason: str
+    accuracy: float | None = None
+    baseline: float | None = None
+
+
+def majority_baseline(evaluation: dict[str, Any]) -> tuple[float, str]:
+    """Accuracy of always answering the evaluated split's most common class, and that class."""
+    matrix = evaluation.get("confusion_matrix") or []
+    classes = evaluation.get("classes") or []
+    supports = [sum(row) for row in matrix]
+    total = sum(supports)
+    if not total:
+        return 0.0, ""
+    best = max(range(len(supports)), key=supports.__getitem__)
+    return supports[best] / total, (classes[best] if best < len(classes) else str(best))
+
+
+def model_verdict(run: RunDir) -> ModelVerdict:
+    """A model is offered by default only if it was evaluated and beats always answering the majority class."""
+    if not run.has_model():
+        return ModelVerdict(False, "No model was saved: the run ended before its head was trained.")
+    try:
+        evaluation = run.read_evaluation()
+    except (ValueError, OSError):
+        evaluation = None
+    if not evaluation or "accuracy" not in evaluation:
+        return ModelVerdict(False, "Its best model is kept but was not evaluated (the run ended first); evaluate "
+                                   "it on the Evaluate page to use it by default.")
+    accuracy = float(evaluation["accuracy"])
+    baseline, majority = majority_baseline(evaluation)
+    if accuracy <= baseline:
+        return ModelVerdict(False, f"Its model scores {accuracy:.1%} on the {evaluation.get('split')} split, no "
+                                   f"better than always answering '{majority}' ({baseline:.1%}).",
+                            accuracy, baseline)
+    return ModelVerdict(True, f"{accuracy:.1%} on the {evaluation.get('split')} split (always answering the "
+                              f"commonest class: {baseline:.1%}).", accuracy, baseline)
+
+
+@dataclass(frozen=True)
+class RunView:
+    """Everything a page shows about a run's state, from one reading of its folder.
+
+    state: queued | running | stopping (a stop was asked, the trainer has not ended yet) | stopped | failed |
+    succeeded. The Train page, the sidebar, Compare and Classify all read this, so they agree at every refresh.
+    """
+
+    run_id: str
+    state: str
+    fraction: float
+    caption: str
+    status: dict[str, Any]
+    model: ModelVerdict
+    error: str | None = None
+    stalled: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("queued", "running", "stopping")
+
+    @property
+    def headline(self) -> str:
+        """One sentence for the run as a whole."""
+        if self.state == "queued":
+            return "Starting the trainer…"
+        if self.state == "running":
+            return f"Training: {self.caption}"
+        if self.state == "stopping":
+            return "Stopping: the trainer ends at its next batch and keeps the best model made so far."
+        if self.state == "failed":
+            return f"The run failed: {self.error or 'no reason was recorded.'}"
+        where = self.status.get("stopped_in")
+        label = core_progress.LABELS.get(where or "", where or "")
+        if self.state == "stopped":
+            prefix = f"Stopped during '{label}'." if label else "Stopped."
+            return f"{prefix} {self.model.reason if not self.model.usable else 'Its model: ' + self.model.reason}"
+        return f"Training finished. {'Its model: ' + self.model.reason if self.model.usable else self.model.reason}"
+
+
+def run_view(run: RunDir) -> RunView:
+    """The run's state as every page shows it (see RunView)."""
+    status = run_state(run)
+    state = status.get("state", "queued")
+    if state in ACTIVE_STATES and run.stop_requested():
+        state = "stopping"
+    config = run.read_config() if run.file("config.json").is_file() else {}
+    fraction, caption = progress({**status, "state": "running" if state == "stopping" else state}, config)
+    verdict = model_verdict(run) if state not in ACTIVE_STATES and state != "stopping" else \
+        ModelVerdict(False, "The run is still training.")
+    return RunView(run.run_id, state, fraction, caption, status, verdict,
+                   error=status.get("error") if state == "failed" else None, stalled=status.get("stalled"))
 
 
 # The UI used to train at 160 px on a CPU to keep the first model under two minutes. Since the head is fitted

@@ -51,8 +51,16 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
+def take_rows(images, rows: np.ndarray) -> np.ndarray:
+    """A new array of the images at `rows`, from an in-memory array or an on-disk core.imagecache.ImageCache."""
+    if isinstance(images, np.ndarray):
+        return images[rows]  # fancy indexing copies
+    return images.take(rows)
+
+
 class ImageBatches(_PyDataset):
-    """A keras.utils.PyDataset over a uint8 cache; shuffles and augments the training split only.
+    """A keras.utils.PyDataset over uint8 images (an array, or an on-disk ImageCache read a batch at a time);
+    shuffles and augments the training split only.
 
     The last partial batch is kept (len = ceil(N / batch_size)), so no image is silently dropped.
     """
@@ -77,7 +85,7 @@ class ImageBatches(_PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        batch = self.images[rows]  # fancy indexing copies, so augmenting in place never touches the cache
+        batch = take_rows(self.images, rows)  # a copy, so augmenting in place never touches the cache
         if self.augment is not None:
             def apply(i: int) -> None:
                 batch[i] = self.augment(image=batch[i])["image"]

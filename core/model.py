@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import keras
 import numpy as np
 
@@ -97,6 +99,35 @@ def _stage(layer_name: str) -> int | None:
             break
         digits += char
     return int(digits) if digits else None
+
+
+def predict_in_batches(model: keras.Model, images, batch_size: int, tta: bool = False,
+                       on_batch: Callable[[int], None] | None = None, offset: int = 0) -> np.ndarray:
+    """The model's outputs for uint8 images (an array or an on-disk ImageCache), one batch in memory at a time.
+
+    Every call has the same shape (the last batch is padded), so the predict function is traced once; with `tta`
+    each output is averaged with the mirrored image's. `on_batch(offset + images done)` follows each batch (it
+    may raise to stop).
+    """
+    from core.loader import take_rows
+
+    outputs = []
+    total = len(images)
+    for start in range(0, total, batch_size):
+        rows = np.arange(start, min(start + batch_size, total))
+        batch = take_rows(images, rows)
+        if len(batch) < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)])
+        out = np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(batch)), dtype=np.float64)
+        if tta:
+            mirrored = np.ascontiguousarray(batch[:, :, ::-1])
+            out = (out + np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(mirrored)), np.float64)) / 2
+        outputs.append(out[:len(rows)])
+        if on_batch is not None:
+            on_batch(offset + int(rows[-1]) + 1)
+    if not outputs:
+        return np.zeros((0, *model.output_shape[1:]), dtype=np.float64)
+    return np.concatenate(outputs)
 
 
 def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 64,

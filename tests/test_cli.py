@@ -149,23 +149,25 @@ def test_bad_config_file_key_suggests_the_right_one(tmp_path, flowers_dir, capsy
     assert "did you mean 'batch_size'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("head_mode", ["images", "features"])
-def test_stop_request_keeps_a_usable_model(tmp_path, flowers_dir, head_mode):
-    """A stop file present from the start: the trainer stops at its first batch (or feature chunk), saves,
-    and says 'stopped'."""
+def test_a_stop_before_any_head_is_trained_saves_no_model_and_says_so(tmp_path, flowers_dir):
+    """A stop file present from the start: the trainer ends after its first phase, saves no untrained model (it
+    once left a 9%-accurate one that became Classify's default), evaluates nothing, and its state says why."""
     models = tmp_path / "models"
     run = RunDir(models / "stop-me")
     run.path.mkdir(parents=True)
     run.request_stop()
-    result = run_cli("--models-dir", str(models), "train", "--data", str(flowers_dir), "--run-id", "stop-me",
-                     "--head-mode", head_mode, *TINY)
+    result = run_cli("--models-dir", str(models), "train", "--data", str(flowers_dir), "--run-id", "stop-me", *TINY)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert run.read_status()["state"] == "stopped" and run.has_model()
-    steps = [m for m in run.read_metrics() if m["kind"] == "step"]
-    assert not any(m["phase"] == "finetune" for m in run.read_metrics())
-    assert len(steps) <= 1
-    predicted = run_cli("predict", str(run.path), str(flower_files(flowers_dir, "daisy", 1)[0]))
-    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    status = run.read_status()
+    assert status["state"] == "stopped" and status["stopped_in"] == "prepare"
+    assert not run.has_model() and run.read_evaluation() is None
+    assert [m["phase"] for m in run.read_metrics() if m["kind"] == "phase"] == ["prepare"]
+    from core import jobs
+
+    view = jobs.run_view(run)
+    assert view.state == "stopped" and not view.model.usable and "No model was saved" in view.headline
+    shown = run_cli("--models-dir", str(models), "status", "stop-me")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["state"] == "stopped"
 
 
 def test_crash_leaves_failed_status_with_the_error(tmp_path, flowers_dir, monkeypatch):

@@ -22,13 +22,6 @@ def test_ui_settings_are_numbers_on_every_device():
     assert recommended_settings("cpu") == {"finetune_epochs": 0}
 
 
-def test_progress_uses_the_resolved_finetune_epochs():
-    status = {"state": "running", "phase": "finetune", "phase_epoch": 1, "phase_epochs": 3, "step": 5, "steps": 10}
-    config = {"head_epochs": 15, "finetune_epochs": None, "resolved": {"finetune_epochs": 3}}
-    fraction, caption = progress(status, config)
-    assert 0.5 < fraction < 1.0 and "2 of 2" in caption
-
-
 def test_unknown_and_invalid_keys_are_refused():
     with pytest.raises(StudioError, match="did you mean 'head_epochs'"):
         TrainConfig.from_dict({"data": "x", "head_epoch": 3})

@@ -114,16 +114,6 @@ def test_one_job_at_a_time_and_dead_jobs_fail_at_once(tmp_path: Path) -> None:
     assert state["state"] == "failed" and "ended without reporting" in state["error"]
 
 
-def test_progress_caption_and_fraction() -> None:
-    config = {"head_epochs": 4, "finetune_epochs": 2}
-    fraction, caption = jobs.progress({"state": "running", "phase": "head", "phase_epoch": 3, "phase_epochs": 4,
-                                       "step": 5, "steps": 10, "images_per_s": 80, "eta_seconds": 75}, config)
-    assert fraction == pytest.approx(0.5 * 2.5 / 4)
-    assert "Phase 1 of 2" in caption and "80 images/s" in caption and "1:15" in caption
-    assert jobs.progress({"state": "succeeded"}, config) == (1.0, "Finished")
-    assert jobs.format_seconds(3725) == "1:02:05"
-
-
 def test_charts_compute_apart_from_drawing() -> None:
     assert charts.normalise_rows(np.array([[2, 2], [0, 0]])).tolist() == [[0.5, 0.5], [0.0, 0.0]]
     epochs = [{"kind": "epoch", "phase": "head", "epoch": 1, "loss": 1, "val_loss": 2, "accuracy": .5,

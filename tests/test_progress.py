@@ -1,0 +1,180 @@
+"""Phases, progress, ETA and the one view of a run's state (core.progress, core.jobs.run_view)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from core import jobs, progress
+from core.config import TrainConfig
+from core.runs import RunDir
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tracker_with(phases: list[progress.Phase], clock: FakeClock, stop=lambda: False):
+    written: list[dict] = []
+    tracker = progress.Tracker(phases, written.append, stop, clock=clock, throttle=0.0)
+    return tracker, written
+
+
+def test_measured_rates_replace_priors_and_scale_later_phases() -> None:
+    clock = FakeClock()
+    tracker, written = tracker_with([progress.Phase("features", 100),
+                                     progress.Phase("evaluate", 50, scale_from="features", factor=2.0)], clock)
+    tracker.start("features")
+    clock.now += 10
+    tracker.advance(50, force=True)  # 0.2 s per image measured
+    assert tracker.phase_eta(tracker.phase("features"), clock.now) == pytest.approx(10.0)
+    # evaluation has no rate of its own yet: twice the feature rate (mirrored views) for 50 images
+    assert tracker.phase_eta(tracker.phase("evaluate"), clock.now) == pytest.approx(20.0)
+    assert written[-1]["eta_seconds"] == pytest.approx(30.0)
+    assert written[-1]["rate"] == pytest.approx(5.0)
+    assert written[-1]["phase"] == "features" and written[-1]["done"] == 50 and written[-1]["total"] == 100
+    assert [p["state"] for p in written[-1]["phases"]] == ["running", "pending"]
+
+
+def test_fraction_is_time_based_and_never_goes_back() -> None:
+    clock = FakeClock()
+    tracker, written = tracker_with([progress.Phase("decode", 10, seconds_per_unit=1.0),
+                                     progress.Phase("features", 10, seconds_per_unit=1.0)], clock)
+    tracker.start("decode")
+    clock.now += 5
+    tracker.advance(5, force=True)
+    assert written[-1]["fraction"] == pytest.approx(5 / 20)
+    clock.now += 20  # the rest of decoding was slow: the ETA of features grows, the bar does not go back
+    tracker.advance(6, force=True)
+    assert written[-1]["fraction"] >= 5 / 20
+    tracker.finish("decode")
+    tracker.start("features")
+    assert written[-1]["phases"][0]["state"] == "done" and written[-1]["phase_index"] == 2
+
+
+def test_the_bar_moves_inside_one_long_call() -> None:
+    """The ticker's refresh rewrites the fraction as time passes, with no new work reported."""
+    clock = FakeClock()
+    tracker, written = tracker_with([progress.Phase("prepare", 1, unit="steps", seconds_per_unit=10.0),
+                                     progress.Phase("decode", 10, seconds_per_unit=1.0)], clock)
+    tracker.start("prepare")
+    first = written[-1]["fraction"]
+    clock.now += 4
+    tracker.refresh()
+    assert written[-1]["fraction"] > first
+
+
+def test_writes_are_rate_limited_but_phase_changes_are_not() -> None:
+    clock = FakeClock()
+    tracker, written = tracker_with([progress.Phase("decode", 100), progress.Phase("features", 100)], clock)
+    tracker.start("decode")
+    for i in range(10):
+        tracker.advance(i)
+    assert len(written) == 1
+    clock.now += progress.WRITE_INTERVAL + 0.01
+    tracker.advance(11)
+    tracker.start("features")
+    assert len(written) == 3
+
+
+def test_a_stop_request_is_seen_by_advance_and_remembered() -> None:
+    clock = FakeClock()
+    asked = {"stop": False}
+    tracker, _ = tracker_with([progress.Phase("decode", 10)], clock, stop=lambda: asked["stop"])
+    tracker.start("decode")
+    assert tracker.advance(1) is True
+    asked["stop"] = True
+    assert tracker.advance(2) is False
+    asked["stop"] = False
+    assert tracker.stop_requested()
+
+
+def test_caption_reads_like_a_sentence() -> None:
+    status = {"phase_index": 3, "phase_count": 7, "phase_label": "Computing frozen-base features", "done": 640,
+              "total": 2000, "unit": "images", "rate": 41.2, "eta_seconds": 65}
+    assert progress.caption(status) == ("Step 3 of 7 · Computing frozen-base features · 640/2,000 images · "
+                                        "41 images/s · about 1:05 left")
+    assert progress.format_seconds(3725) == "1:02:05"
+
+
+def test_the_plan_lists_every_phase_the_run_will_go_through() -> None:
+    from core.train import training_plan
+
+    config = TrainConfig(data="x", tta=True)
+    names = [p.name for p in training_plan(config, {"train": 80, "val": 20, "test": 0}, finetune_epochs=2)]
+    assert names == ["prepare", "decode", "features", "head_fit", "finetune", "save", "evaluate"]
+    plan = {p.name: p for p in training_plan(config, {"train": 80, "val": 20, "test": 30}, 0)}
+    assert "finetune" not in plan and plan["evaluate"].total == 30 and plan["decode"].total == 130
+    assert plan["evaluate"].factor == 2.0  # mirrored test-time views cost two passes
+
+
+# ------------------------------------------------------------------------------------------ one view of a run
+def _run(tmp_path: Path, name: str, state: str, evaluation: dict | None = None, model: bool = True,
+         stop: bool = False, **status) -> RunDir:
+    run = RunDir.create(tmp_path, name)
+    run.write_config({"data": "x", "head_epochs": 1})
+    run.set_status(state, pid=os.getpid(), **status)
+    if state in ("running", "queued"):
+        run.file(jobs.JOB).write_text(json.dumps({"pid": os.getpid()}))
+    if model:
+        run.file("model.keras").write_bytes(b"model")
+    if evaluation is not None:
+        run.write_evaluation(evaluation)
+    if stop:
+        run.request_stop()
+    return run
+
+
+def _evaluation(accuracy: float, matrix: list[list[int]]) -> dict:
+    return {"split": "val", "accuracy": accuracy, "classes": [f"c{i}" for i in range(len(matrix))],
+            "confusion_matrix": matrix}
+
+
+def test_a_model_is_usable_only_when_evaluated_and_better_than_the_majority_class(tmp_path: Path) -> None:
+    good = _run(tmp_path, "good", "succeeded", _evaluation(0.8, [[5, 1], [1, 3]]))
+    assert jobs.model_verdict(good).usable
+    # 9 of 10 images are c0: 90% is what always answering c0 scores, so 90% is no model at all
+    majority = _run(tmp_path, "majority", "succeeded", _evaluation(0.9, [[9, 0], [1, 0]]))
+    verdict = jobs.model_verdict(majority)
+    assert not verdict.usable and "'c0' (90.0%)" in verdict.reason
+    unevaluated = _run(tmp_path, "unevaluated", "stopped")
+    assert not jobs.model_verdict(unevaluated).usable and "not evaluated" in jobs.model_verdict(unevaluated).reason
+    nothing = _run(tmp_path, "nothing", "stopped", model=False)
+    assert "No model was saved" in jobs.model_verdict(nothing).reason
+
+
+def test_run_view_states_agree_for_every_case(tmp_path: Path) -> None:
+    running = _run(tmp_path, "running", "running", phase="features", fraction=0.3, phase_label="Computing",
+                   done=10, total=100, unit="images")
+    view = jobs.run_view(running)
+    assert view.state == "running" and view.active and view.fraction == 0.3 and "10/100 images" in view.caption
+    stopping = _run(tmp_path / "b", "stopping", "running", stop=True, phase="decode", fraction=0.1)
+    assert jobs.run_view(stopping).state == "stopping" and jobs.run_view(stopping).active
+    failed = _run(tmp_path / "c", "failed", "failed", model=False, error="No space left on device")
+    assert jobs.run_view(failed).state == "failed" and "No space left" in jobs.run_view(failed).headline
+    stopped = _run(tmp_path / "d", "stopped", "stopped", model=False, stopped_in="features")
+    view = jobs.run_view(stopped)
+    assert not view.active and "Stopped during 'Computing frozen-base features'" in view.headline
+    assert "No model was saved" in view.headline
+    done = _run(tmp_path / "e", "done", "succeeded", _evaluation(0.8, [[5, 1], [1, 3]]))
+    assert jobs.run_view(done).headline.startswith("Training finished. Its model: 80.0%")
+    # a trainer that vanished: never shown as running
+    dead = _run(tmp_path / "f", "dead", "running")
+    dead.file(jobs.JOB).write_text(json.dumps({"pid": 2**22 + 999}))
+    assert jobs.run_view(dead).state == "failed"
+
+
+def test_progress_of_a_queued_and_a_finished_run() -> None:
+    assert jobs.progress({"state": "queued", "message": "Starting the trainer"}) == (0.0, "Starting the trainer")
+    assert jobs.progress({"state": "succeeded"}) == (1.0, "Finished")
+    fraction, caption = jobs.progress({"state": "running", "phase": "evaluate", "fraction": 0.97,
+                                       "phase_label": "Evaluating the best model", "done": 10, "total": 80,
+                                       "unit": "images"})
+    assert fraction == 0.97 and "10/80 images" in caption

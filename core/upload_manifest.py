@@ -67,20 +67,22 @@ class UploadAccount:
                 f"{len(self.missing):,} missing")
 
     def summary(self) -> str:
-        """One paragraph for the Data page: the four counts, then the missing and unreadable files by name."""
+        """One paragraph for the Data page: the four counts, then the missing (and why) and unreadable files."""
         if self.complete:
             text = f"All {self.picked:,} picked files arrived: {self.counts()}."
         else:
             text = (f"{len(self.missing):,} of the {self.picked:,} picked files did not arrive: {self.counts()}. "
-                    f"Missing: {_names(self.missing)}. Pick the folder again to send them, or upload it as a .zip.")
+                    f"Missing: {_names(self.missing, reasons=True)}. Pick the folder again to send them, or upload "
+                    "it as a .zip.")
         if self.unreadable:
-            text += f" Unreadable (left out): {_names(self.unreadable)}."
+            text += f" Unreadable, so left out: {_names(self.unreadable)}."
         return text
 
 
-def _names(notes: Sequence[FileNote]) -> str:
-    shown = ", ".join(f"{n.path} ({n.reason.rstrip('.')})" for n in notes[:SHOWN_NAMES])
-    return shown + (f" and {len(notes) - SHOWN_NAMES:,} more" if len(notes) > SHOWN_NAMES else "")
+def _names(notes: Sequence[FileNote], reasons: bool = False) -> str:
+    """'a.jpg, b.jpg and 3 more' (with each reason in brackets when asked)."""
+    shown = [f"{n.path} ({n.reason.rstrip('.')})" if reasons else n.path for n in notes[:SHOWN_NAMES]]
+    return ", ".join(shown) + (f" and {len(notes) - SHOWN_NAMES:,} more" if len(notes) > SHOWN_NAMES else "")
 
 
 # ------------------------------------------------------------------------------------------------ manifest
@@ -203,4 +205,8 @@ def account_upload(picked: Sequence[PickedFile], arrived: Sequence[str], folder:
             received += 1
         else:
             skipped.append(FileNote(f.path, "not part of the dataset the scan found"))
-    return UploadAccount(len(picked), received, tuple(skipped), tuple(unreadable), tuple(missing))
+    return UploadAccount(len(picked), received, _by_path(skipped), _by_path(unreadable), _by_path(missing))
+
+
+def _by_path(notes: list[FileNote]) -> tuple[FileNote, ...]:
+    return tuple(sorted(notes, key=lambda note: note.path))

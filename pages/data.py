@@ -5,13 +5,16 @@ import streamlit as st
 
 from core import StudioError, charts, samples
 from core.datasets import split_samples
-from core.images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
-from core.ingest import ingest_files, ingest_zip, list_datasets, upload_limits
+from core.images import MAX_IMAGE_PIXELS
+from core.ingest import ingest_zip, list_datasets, upload_limits
 from core.previews import examples_per_class, thumbnail
+from core.upload_manifest import UploadAccount, account_upload, ingest_folder_archive
 from pages._common import (current_dataset_path, current_workspace, ensure_app_shell, load_dataset,
                            require_train_profile, set_current_dataset, show_error)
+from pages._folder_upload import folder_picker, forget
 
-IMAGE_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]
+ACCOUNT_KEY = "folder_upload_account"  # (dataset folder, UploadAccount) of the last folder upload
+FOLDER_ERROR_KEY = "folder_upload_error"  # why the last folder archive was refused, shown after the rerun
 
 
 @st.cache_data(ttl=300, show_spinner=False)
@@ -65,30 +68,37 @@ def sample_tab() -> None:
 def limits_caption() -> None:
     """The upload limits in force, so a refusal never comes as a surprise."""
     per_file = st.get_option("server.maxUploadSize")
-    st.caption(f"Limits: each file (or .zip) up to {per_file:,} MB. {upload_limits().describe()} Images over "
+    st.caption(f"Limits: a folder (sent as one archive) or a .zip up to {per_file:,} MB. "
+               f"{upload_limits().describe()} Images over "
                f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, smaller than 2x2 pixels, damaged or truncated are listed "
                "as unreadable and left out; nothing else stops the upload.")
 
 
 def folder_tab() -> None:
-    """The directory uploader: each file's relative name gives its class folder."""
-    files = st.file_uploader("Choose the folder that holds one sub-folder per class", type=IMAGE_TYPES,
-                             accept_multiple_files="directory", key="folder_upload",
-                             help="Image files only (JPEG, PNG, BMP, WebP); the class is the name of each "
-                                  "image's parent folder.")
+    """The folder picker: the browser packs the folder into one archive, and every picked file is accounted for."""
+    per_file_mb = st.get_option("server.maxUploadSize")
+    limits = upload_limits()
+    max_bytes, rule = per_file_mb * 1024**2, "the server's maxUploadSize"
+    if limits.max_total_bytes < max_bytes:
+        max_bytes, rule = limits.max_total_bytes, "STUDIO_MAX_UPLOAD_MB, the limit on what one upload unpacks to"
+    upload = folder_picker(max_bytes, rule, limits.max_files)
+    if FOLDER_ERROR_KEY in st.session_state:
+        st.error(st.session_state.pop(FOLDER_ERROR_KEY), icon=":material/error:")
     limits_caption()
-    if files:
-        signature = tuple(sorted((f.file_id, f.name) for f in files))
-        if st.session_state.get("ingested") != signature:
-            try:
-                with st.spinner(f"Saving {len(files)} files…"):
-                    folder = ingest_files([(f.name, f.getvalue()) for f in files],
-                                          destination=current_workspace().datasets_dir())
-            except StudioError as err:
-                show_error(err)
-                return
-            st.session_state["ingested"] = signature
-            choose(folder)
+    if upload is None:
+        return
+    try:
+        with st.spinner(f"Unpacking {upload.name} and checking every image…"):
+            result = ingest_folder_archive(upload, upload.name, destination=current_workspace().datasets_dir())
+            dataset = load_dataset(result.folder)
+    except StudioError as err:
+        forget(upload)
+        st.session_state[FOLDER_ERROR_KEY] = str(err)
+        st.rerun()  # redraws the picker with a fresh uploader, so it stops waiting for the server
+    st.session_state[ACCOUNT_KEY] = (str(result.folder),
+                                     account_upload(result.picked, result.arrived, result.folder, dataset))
+    forget(upload)
+    choose(result.folder)
 
 
 def zip_tab() -> None:
@@ -98,7 +108,7 @@ def zip_tab() -> None:
     if upload is not None and st.session_state.get("ingested") != upload.file_id:
         try:
             with st.spinner(f"Unpacking {upload.name}…"):
-                folder = ingest_zip(upload.getvalue(), upload.name, destination=current_workspace().datasets_dir())
+                folder = ingest_zip(upload, upload.name, destination=current_workspace().datasets_dir())
         except StudioError as err:
             show_error(err)
             return
@@ -127,6 +137,7 @@ def report_section(path) -> None:
     report = dataset.report
     st.subheader(f"Dataset: {path.name}")
     st.caption(str(dataset.root))
+    upload_account(path)
     cols = st.columns(4)
     cols[0].metric("Classes", len(report.classes))
     cols[1].metric("Usable images", report.usable_images)
@@ -178,6 +189,23 @@ def split_table(dataset) -> None:
             rows[dataset.classes[sample.label]][part] += 1
     table = pd.DataFrame.from_dict(rows, orient="index")
     st.dataframe(table.loc[:, (table != 0).any(axis=0)], width="stretch")
+
+
+def upload_account(path) -> None:
+    """What became of every file picked in the folder upload that made this dataset (nothing for other datasets)."""
+    folder, account = st.session_state.get(ACCOUNT_KEY, (None, None))
+    if folder != str(path) or not isinstance(account, UploadAccount):
+        return
+    if account.complete:
+        st.success(account.summary(), icon=":material/task_alt:")
+    else:
+        st.error(account.summary(), icon=":material/error:")
+    notes = [("missing", n) for n in account.missing] + [("unreadable", n) for n in account.unreadable] \
+        + [("skipped", n) for n in account.skipped]
+    if notes:
+        with st.expander(f"Picked files that are not training images ({len(notes):,})"):
+            st.dataframe(pd.DataFrame([{"file": n.path, "outcome": pile, "reason": n.reason} for pile, n in notes]),
+                         width="stretch", hide_index=True)
 
 
 def problem_lists(report) -> None:

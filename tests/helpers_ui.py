@@ -183,5 +183,146 @@ def newcomer(out: Path = REPO_ROOT / "docs" / "screenshots") -> float:
     return elapsed
 
 
+# ------------------------------------------------------------------------------------------------ folder uploads
+PHOTO_CLASSES = ("apple", "banana", "cherry", "date", "elder", "fig")
+
+
+def make_photo_folder(root: Path, photos: int = 2010, garbage: int = 6, notes: int = 3,
+                      size: int = 64) -> dict[str, int]:
+    """A picked-folder-to-be: `photos` small JPEGs in 6 class folders, `garbage` damaged .jpg files, `notes`
+    text files and one .DS_Store. Returns what the Data page should count: picked, received, skipped,
+    unreadable, missing. Random pixels, so no two photos are byte-identical (no duplicates to drop)."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(12)
+    for name in PHOTO_CLASSES:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for i in range(photos):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        (root / PHOTO_CLASSES[i % 6] / f"photo-{i:05d}.jpg").write_bytes(cv2.imencode(".jpg", pixels)[1].tobytes())
+    for i in range(garbage):
+        (root / PHOTO_CLASSES[i % 6] / f"damaged-{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a photo " * (i + 1))
+    for i in range(notes):
+        (root / PHOTO_CLASSES[i % 6] / f"notes-{i}.txt").write_text("taken with the old camera\n")
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    return {"picked": photos + garbage + notes + 1, "received": photos, "skipped": notes + 1,
+            "unreadable": garbage, "missing": 0}
+
+
+def folder_picker_input(page):
+    """The Data page folder picker's <input webkitdirectory> (inside the component's frame)."""
+    return page.frame_locator('iframe[title*="folder_picker"]').locator("input[webkitdirectory]")
+
+
+def server_pid(url: str) -> int:
+    """The process id of the `streamlit run` serving `url` (found by its --server.port argument)."""
+    port = url.rsplit(":", 1)[1]
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"streamlit" in b" ".join(args) and b"--server.port" in args \
+                and args[args.index(b"--server.port") + 1] == port.encode():
+            return int(proc.name)
+    raise RuntimeError(f"no streamlit process serves {url}")
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory in MB (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def upload_bench(photos: int = 2010, size: int = 112, zip_first: bool = False) -> dict[str, float]:
+    """The same generated folder (2,020 files, ~30 MB) through the folder picker and as a .zip, in one run, with
+    the server's RSS before and after each upload: `.venv/bin/python -m tests.helpers_ui upload-bench [zip-first]`.
+
+    Each time runs from handing the browser the folder (or the .zip) until the Data page shows the result (the
+    accounting of every picked file, or the dataset report), so it includes packing, sending, unpacking and
+    checking every image. The second upload of a run finds the server warmed up; `zip_first` swaps the order.
+    """
+    import tempfile
+    import zipfile
+
+    from playwright.sync_api import expect, sync_playwright
+
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="upload-bench-") as scratch:
+        scratch_dir = Path(scratch)
+        folder = scratch_dir / "photos-2020"
+        expected = make_photo_folder(folder, photos=photos, size=size)
+        warm_up = scratch_dir / "warm-up"
+        make_photo_folder(warm_up, photos=24, garbage=0, notes=0)
+        archive = scratch_dir / "photos-2020-zipped.zip"  # its own dataset name, so its report is told apart
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:  # as "Compress folder" makes it
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    out.write(path, path.relative_to(scratch_dir).as_posix())
+        results["files"] = expected["picked"]
+        results["folder_mb"] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1024**2
+        workspace = scratch_dir / "workspace"
+        workspace.mkdir()
+        with streamlit_server(workspace, scratch_dir / "server.log") as url, sync_playwright() as p:
+            browser = launch_chromium(p)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            uploads = []
+            page.on("request", lambda r: uploads.append(r.url) if "/_stcore/upload_file" in r.url
+                    and r.method == "PUT" else None)
+            page.goto(url)
+            wait_idle(page, timeout=120_000)
+            # Warm up: a first small dataset loads what every report needs (charts, tables, image decoding), so
+            # "before" is a server that has shown a report, and the growth is what the big upload leaves behind.
+            page.get_by_role("tab", name="Upload a folder").click()
+            folder_picker_input(page).set_input_files(str(warm_up))
+            expect(page.get_by_text("All 25 picked files arrived")).to_be_visible(timeout=120_000)
+            wait_idle(page)
+            pid = server_pid(url)
+            time.sleep(2)
+            results["rss_before_mb"] = rss_mb(pid)
+
+            def through_folder() -> None:
+                page.get_by_role("tab", name="Upload a folder").click()
+                uploads.clear()
+                started = time.perf_counter()
+                folder_picker_input(page).set_input_files(str(folder))
+                counts = (f"{expected['received']:,} received, {expected['skipped']:,} skipped, "
+                          f"{expected['unreadable']:,} unreadable, 0 missing")
+                expect(page.get_by_text(counts)).to_be_visible(timeout=300_000)
+                results["folder_s"] = time.perf_counter() - started
+                results["folder_requests"] = len(uploads)
+                wait_idle(page)
+                time.sleep(2)
+                results["rss_after_folder_mb"] = rss_mb(pid)
+
+            def through_zip() -> None:
+                page.get_by_role("tab", name="Upload a .zip").click()
+                started = time.perf_counter()
+                page.locator('.st-key-zip_upload input[type="file"]').set_input_files(str(archive))
+                expect(page.get_by_role("heading", name=f"Dataset: {archive.stem}-")).to_be_visible(timeout=300_000)
+                expect(page.get_by_text("Ready to train")).to_be_visible()
+                results["zip_s"] = time.perf_counter() - started
+                wait_idle(page)
+                time.sleep(2)
+                results["rss_after_zip_mb"] = rss_mb(pid)
+
+            for step in ((through_zip, through_folder) if zip_first else (through_folder, through_zip)):
+                step()
+            browser.close()
+    results["ratio"] = results["folder_s"] / results["zip_s"]
+    print(f"upload-bench: {results['files']:,} files, {results['folder_mb']:.0f} MB in 6 class folders"
+          f"{' (the .zip first)' if zip_first else ''}")
+    print(f"  folder picker: {results['folder_s']:.1f} s in {results['folder_requests']:.0f} upload request(s)")
+    print(f"  .zip:          {results['zip_s']:.1f} s   (folder / zip = {results['ratio']:.2f})")
+    print(f"  server RSS:    {results['rss_before_mb']:.0f} MB before, {results['rss_after_folder_mb']:.0f} MB after "
+          f"the folder, {results['rss_after_zip_mb']:.0f} MB after the .zip")
+    return results
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["newcomer"]:
     newcomer()
+if __name__ == "__main__" and sys.argv[1:2] == ["upload-bench"]:
+    upload_bench(zip_first="zip-first" in sys.argv[2:])

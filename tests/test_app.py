@@ -37,9 +37,30 @@ def png_bytes(seed: int, size: int = 40) -> bytes:
 
 
 def folder_files(classes=CLASSES, per_class: int = 4) -> list[tuple[str, bytes, str]]:
-    """What the directory uploader sends: relative names that start with the picked folder."""
+    """A picked folder's files: relative names that start with the picked folder."""
     return [(f"my-flowers/{name}/{i}.png", png_bytes(100 * c + i), "image/png")
             for c, name in enumerate(classes) for i in range(per_class)]
+
+
+def folder_archive(files: list[tuple[str, bytes]]) -> bytes:
+    """What the Data page's folder picker sends: the picked files stored in one .zip, with a manifest of them."""
+    from core.upload_manifest import MANIFEST_NAME, PickedFile, manifest_json
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files:
+            archive.writestr(name, data)
+        archive.writestr(MANIFEST_NAME, manifest_json([PickedFile(n, len(d)) for n, d in files],
+                                                      files[0][0].split("/")[0]))
+    return buffer.getvalue()
+
+
+def pick_folder(at: AppTest, files: list[tuple[str, bytes, str]] | None = None) -> AppTest:
+    """Pick a folder on the Data page as the folder picker hands it over: one archive in its hidden uploader."""
+    files = folder_files() if files is None else files
+    uploader = next(u for u in at.file_uploader if str(u.key).startswith("folder_archive_"))
+    archive = folder_archive([(name, data) for name, data, _ in files])
+    return uploader.set_value((f"{files[0][0].split('/')[0]}.zip", archive, "application/zip")).run()
 
 
 def make_run(runs_dir: Path, run_id: str, state: str = "succeeded", evaluation: bool = True,
@@ -138,10 +159,11 @@ def test_missing_sample_says_where_to_put_it(workspace: Path, monkeypatch: pytes
 
 def test_folder_upload_becomes_the_current_dataset(workspace: Path) -> None:
     at = app()
-    uploader = next(u for u in at.file_uploader if u.accept_directory)
-    uploader.set_value(folder_files()).run()
+    pick_folder(at)
     no_exceptions(at)
     assert [m.value for m in at.metric][:2] == ["3", "12"]
+    assert "All 12 picked files arrived: 12 received, 0 skipped, 0 unreadable, 0 missing." in texts(at)
+    assert not [u for u in at.file_uploader if u.key == "folder_archive_0"]  # a fresh uploader for the next one
     folders = list((workspace / "datasets").iterdir())
     assert len(folders) == 1 and folders[0].name.startswith("my-flowers-")
     assert sorted(p.name for p in (folders[0] / "my-flowers").iterdir()) == CLASSES
@@ -154,15 +176,14 @@ def test_zip_upload_becomes_the_current_dataset(workspace: Path) -> None:
             archive.writestr(name, data)
         archive.writestr("__MACOSX/my-flowers/._x.png", b"junk")
     at = app()
-    zip_uploader = next(u for u in at.file_uploader if not u.accept_directory and "zip" in u.allowed_type[0])
-    zip_uploader.set_value(("flowers.zip", buffer.getvalue(), "application/zip")).run()
+    at.file_uploader(key="zip_upload").set_value(("flowers.zip", buffer.getvalue(), "application/zip")).run()
     no_exceptions(at)
     assert [m.value for m in at.metric][:2] == ["3", "9"]
 
 
 def test_untrainable_data_blocks_the_train_page(workspace: Path) -> None:
     at = app()
-    next(u for u in at.file_uploader if u.accept_directory).set_value(folder_files(classes=["only"])).run()
+    pick_folder(at, folder_files(classes=["only"]))
     assert any("at least 2 classes" in e.value for e in at.error)
     at.switch_page("pages/train.py").run()
     no_exceptions(at)
@@ -172,7 +193,7 @@ def test_untrainable_data_blocks_the_train_page(workspace: Path) -> None:
 
 def test_augment_presets_custom_switches_and_json(workspace: Path) -> None:
     at = app()
-    next(u for u in at.file_uploader if u.accept_directory).set_value(folder_files()).run()
+    pick_folder(at)
     at.switch_page("pages/augment.py").run()
     no_exceptions(at)
     assert "Preview" in texts(at) and "Training will use:** HorizontalFlip" in texts(at)
@@ -199,7 +220,7 @@ def test_start_launches_a_job_and_shows_it(workspace: Path, monkeypatch: pytest.
 
     monkeypatch.setattr("core.jobs.start_training", fake_start)
     at = app()
-    next(u for u in at.file_uploader if u.accept_directory).set_value(folder_files()).run()
+    pick_folder(at)
     at.switch_page("pages/train.py").run()
     no_exceptions(at)
     next(b for b in at.button if b.label == "Start training").click().run()
@@ -219,7 +240,7 @@ def test_second_start_is_refused_while_a_run_trains(workspace: Path) -> None:
     run = make_run(workspace / "runs", "run-busy", state="running", pid=os.getpid())
     (run.file(jobs.JOB)).write_text(json.dumps({"pid": os.getpid()}))
     at = app()
-    next(u for u in at.file_uploader if u.accept_directory).set_value(folder_files()).run()
+    pick_folder(at)
     at.switch_page("pages/train.py").run()
     assert "Run run-busy" in texts(at)  # a second tab finds the active run without ?run=
     next(b for b in at.button if b.label == "Start training").click().run()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers_ui import (ARTIFACTS, CHROMIUM, flowers_mini, go_to, launch_chromium, require, snapshot,
-                              streamlit_server, wait_idle)
+from tests.helpers_ui import (ARTIFACTS, CHROMIUM, flowers_mini, folder_picker_input, go_to, launch_chromium,
+                              require, snapshot, streamlit_server, wait_idle)
 
 CLASSES = ("daisy", "roses", "sunflowers")
 PER_CLASS = 10  # tiny: the point is the flow, not the accuracy
@@ -60,9 +60,9 @@ def test_upload_augment_train_evaluate_classify(tmp_path: Path) -> None:
         try:
             start = time.perf_counter()
             page.goto(url)
-            # Data: the directory uploader gets the folder itself; each file keeps its relative name.
+            # Data: the folder picker gets the folder itself; each file keeps its relative name.
             page.get_by_role("tab", name="Upload a folder").click()
-            page.locator('[data-testid="stFileUploader"] input[webkitdirectory]').set_input_files(str(upload))
+            folder_picker_input(page).set_input_files(str(upload))
             expect(page.get_by_text("Ready to train")).to_be_visible(timeout=90_000)
             expect(page.get_by_text(f"{len(CLASSES) * PER_CLASS}", exact=True).first).to_be_visible()
             for name in CLASSES:
@@ -156,7 +156,7 @@ def test_two_sessions_never_see_each_others_dataset(tmp_path: Path) -> None:
         try:
             alice.goto(url)
             alice.get_by_role("tab", name="Upload a folder").click()
-            alice.locator('[data-testid="stFileUploader"] input[webkitdirectory]').set_input_files(str(upload))
+            folder_picker_input(alice).set_input_files(str(upload))
             expect(alice.get_by_text("Ready to train")).to_be_visible(timeout=90_000)
             sidebar = '[data-testid="stSidebar"]'
             expect(alice.locator(sidebar).get_by_text("alice-flowers-")).to_be_visible()

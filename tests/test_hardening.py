@@ -296,19 +296,24 @@ def sidebar_text(at: AppTest) -> str:
 
 
 def upload_folder(at: AppTest, files: list[tuple[str, bytes]]) -> AppTest:
-    uploader = next(u for u in at.file_uploader if u.accept_directory)
-    return uploader.set_value([(name, data, "application/octet-stream") for name, data in files]).run()
+    """Pick a folder on the Data page (see test_app.pick_folder)."""
+    from test_app import pick_folder
+
+    return pick_folder(at, [(name, data, "application/octet-stream") for name, data in files])
 
 
 def test_odd_images_never_crash_a_page(private_sessions: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from test_app import FakeClassifier, make_run
 
     at = open_app()
-    # The browser only sends the image types the uploader names (Streamlit enforces it on the server too).
-    sendable = [(name, data) for name, data in odd_upload() if Path(name).name not in SKIPPED]
-    upload_folder(at, sendable)
+    # The folder picker sends every picked file; the page accounts for each of them.
+    upload_folder(at, odd_upload())
     no_exceptions(at)
     assert f"Unreadable images ({len(REPORTED)})" in [e.label for e in at.expander]
+    assert f"Skipped files ({len(SKIPPED)})" in [e.label for e in at.expander]
+    accounted = "\n".join(s.value for s in at.success)
+    assert f"{len(SKIPPED)} skipped, {len(REPORTED)} unreadable, 0 missing." in accounted
+    assert all(name in accounted for name in REPORTED)
     assert "Ready to train" in "\n".join(s.value for s in at.success)
     assert any("50 megapixels" in c.value for c in at.caption)  # the limits are shown where one uploads
     for page in ("pages/augment.py", "pages/train.py", "pages/evaluate.py"):

@@ -191,6 +191,18 @@ def test_untrainable_data_blocks_the_train_page(workspace: Path) -> None:
     assert not [b for b in at.button if b.label == "Start training"]
 
 
+def test_a_refused_folder_says_why_and_the_picker_is_ready_again(workspace: Path) -> None:
+    at = app()
+    clash = [("my-flowers/daisy", b"a file named like a class folder", "application/octet-stream")]
+    pick_folder(at, folder_files() + clash)
+    no_exceptions(at)
+    assert any("both a file and a folder named 'my-flowers/daisy'" in e.value for e in at.error)
+    assert not list((workspace / "datasets").glob("my-flowers-*"))
+    assert [u.key for u in at.file_uploader if str(u.key).startswith("folder_archive_")] == ["folder_archive_1"]
+    pick_folder(at)  # the next pick goes through
+    assert "All 12 picked files arrived" in texts(at)
+
+
 def test_augment_presets_custom_switches_and_json(workspace: Path) -> None:
     at = app()
     pick_folder(at)

@@ -26,6 +26,8 @@ const ui = {
 let args = {};         // from Python: target_key, round, max_bytes, max_bytes_rule, max_files
 let sentRound = null;  // the round whose uploader got the archive; a new round means the server took it
 let sent = null;       // {name, files, bytes, started} of the archive last handed over
+let busy = false;      // packing or sending: the button stays off until the server has the archive
+let disabled = false;  // the page disabled the widget
 
 // ------------------------------------------------------------------------------------------ protocol
 function send(type, data) {
@@ -41,14 +43,15 @@ window.addEventListener("message", (event) => {
   if (event.source !== window.parent || !message || message.type !== "streamlit:render") return;
   args = message.args || {};
   applyTheme(message.theme);
-  ui.choose.disabled = Boolean(message.disabled);
+  disabled = Boolean(message.disabled);
   if (sentRound !== null && args.round !== sentRound) {  // the server unpacked it and made a fresh uploader
     sentRound = null;
+    busy = false;
     const seconds = ((performance.now() - sent.started) / 1000).toFixed(1);
     say(`Sent ${sent.name}: ${count(sent.files)} files, ${size(sent.bytes)}, in ${seconds} s.`);
     ui.progress.hidden = true;
-    ui.choose.disabled = false;
   }
+  ui.choose.disabled = disabled || busy;  // render messages also come on every resize
   fitHeight();
 });
 
@@ -98,7 +101,8 @@ function say(text, isError) {
 function fail(text) {
   say(text, true);
   ui.progress.hidden = true;
-  ui.choose.disabled = false;
+  busy = false;
+  ui.choose.disabled = disabled;
 }
 
 // ------------------------------------------------------------------------------------------ picking
@@ -106,11 +110,14 @@ ui.choose.addEventListener("click", () => ui.input.click());
 ui.input.addEventListener("change", () => {
   const files = Array.from(ui.input.files || []);
   ui.input.value = "";  // picking the same folder again is a new pick
-  if (files.length) packAndSend(files).catch((err) => fail(`The folder could not be packed: ${err}. ` +
-                                                           "Pick it again, or upload it as a .zip."));
+  if (busy) return;     // one folder at a time (the button is off meanwhile)
+  if (!files.length) return fail("The folder you picked holds no files. Pick the folder that holds the class folders.");
+  packAndSend(files).catch((err) => fail(`The folder could not be packed: ${err}. Pick it again, or upload it ` +
+                                         "as a .zip."));
 });
 
 async function packAndSend(files) {
+  busy = true;
   ui.choose.disabled = true;
   const paths = files.map((f) => f.webkitRelativePath || f.name);
   const folder = paths[0].split("/")[0] || "folder";
@@ -306,9 +313,10 @@ function watchUpload() {
     if (host.querySelector('[data-testid="stFileChipIconError"]')) {
       clearInterval(timer);
       const chip = host.querySelector('[data-testid="stFileChip"]');
+      // The chip reads "<name><size>Error: <reason>"; keep the reason.
+      const reason = chip ? chip.textContent.replace(sent.name, "").replace(/^\s*[\d.]+\s*[KMG]?B/, "").trim() : "";
       sentRound = null;
-      fail(`The upload failed: ${chip ? chip.innerText.replace(/\s+/g, " ").trim() : "no reason given"}. ` +
-           "Pick the folder again, or upload it as a .zip.");
+      fail(`The upload failed (${reason || "no reason given"}). Pick the folder again, or upload it as a .zip.`);
     } else if (!host.querySelector('[data-testid="stFileChipIconSpinner"]') &&
                host.querySelector('[data-testid="stFileChip"]')) {
       say(`Sent ${sent.name}; the server is unpacking it and checking every image…`);

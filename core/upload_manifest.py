@@ -149,11 +149,15 @@ def ingest_folder_archive(source: bytes | BinaryIO | Path, name: str, destinatio
     """Unpack the browser's archive of a picked folder (see module docstring) and read its manifest."""
     with zip_stream(source) as stream:
         try:
-            with zipfile.ZipFile(stream) as archive:
+            archive = zipfile.ZipFile(stream)
+        except Exception:  # hostile bytes raise many types; ingest_zip below says what is wrong, in its words
+            archive = None
+        arrived: tuple[str, ...] = ()
+        picked = None
+        if archive is not None:
+            with archive:
                 arrived = tuple(i.filename for i in archive.infolist() if not i.is_dir())
                 picked = read_manifest(archive)
-        except (zipfile.BadZipFile, ValueError, EOFError, OSError):
-            arrived, picked = (), None  # ingest_zip says what is wrong with it, in its words
         folder = ingest_zip(stream, name, destination)
     if picked is None:  # no manifest: what arrived is all that can be known about what was picked
         picked = [PickedFile(n, 0) for n in arrived if n != MANIFEST_NAME]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
 
 from core import StudioError
 from core.datasets import scan
@@ -148,3 +150,37 @@ def test_zip_from_a_file_object_is_read_in_place_and_named_as_from_bytes(tmp_pat
     from_bytes = ingest_zip(data, "big.zip", destination=tmp_path / "two")
     assert from_stream.name == from_bytes.name  # the same content hash, however it was passed
     assert (from_stream / "big" / "a" / "1.bin").read_bytes() == files["big/a/1.bin"]
+
+
+def test_a_damaged_archive_is_refused_in_words(tmp_path: Path) -> None:
+    for junk in (b"not a zip at all", browser_archive({"a/b/1.jpg": jpeg(1)})[:-30]):
+        with pytest.raises(StudioError, match="is not a valid .zip file"):
+            ingest_folder_archive(io.BytesIO(junk), "pick.zip", destination=tmp_path / "datasets")
+
+
+NAME_PART = hs.text(alphabet="ab.:_ -é\\", min_size=1, max_size=6)  # dots, cleaned characters, separators
+
+
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(hs.lists(hs.tuples(hs.lists(NAME_PART, min_size=1, max_size=3), hs.sampled_from(["photo", "damaged", "note", "lost"])),
+                min_size=1, max_size=12, unique_by=lambda item: "/".join(item[0])))
+def test_property_every_picked_file_is_in_exactly_one_pile(tmp_path_factory: pytest.TempPathFactory,
+                                                           picks: list[tuple[list[str], str]]) -> None:
+    files: dict[str, bytes] = {}
+    lost = []
+    for i, (parts, kind) in enumerate(picks):
+        path = "pick/" + "/".join(parts) + (".txt" if kind == "note" else ".jpg")
+        if kind == "lost":
+            lost.append(path)
+        else:
+            files[path] = jpeg(i) if kind == "photo" else b"junk %d" % i
+    if not files:
+        return
+    try:
+        account = account_for(tmp_path_factory.mktemp("prop"), browser_archive(files, listed_but_lost=tuple(lost)))
+    except StudioError:
+        return  # a refused upload (e.g. a name used as both a file and a folder) is a sentence, never a crash
+    piles = account.received + len(account.skipped) + len(account.unreadable) + len(account.missing)
+    assert piles == account.picked == len(files) + len(lost)
+    assert {n.path for n in account.missing} == set(lost)

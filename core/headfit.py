@@ -117,7 +117,9 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None,
     returning False ends the grid early (a stop request) and the best head so far is returned.
     `on_iteration(index, fraction)` is called within a fit (fraction of the iteration budget used); returning
     False abandons that fit and ends the grid: the best head of the finished fits is returned, None if none."""
-    mean, variance = train_x.mean(axis=0), train_x.var(axis=0)
+    # Moments and standardised features in float64 straight away: the fit needs float64, and making it here
+    # instead of from a float32 copy keeps one (N, D) array fewer in memory.
+    mean, variance = train_x.mean(axis=0, dtype=np.float64), train_x.var(axis=0, dtype=np.float64)
     train_z = standardise(train_x, mean, variance, epsilon)
     has_val = val_x is not None and val_y is not None and len(val_y) > 0
     val_z = standardise(val_x, mean, variance, epsilon) if has_val else None

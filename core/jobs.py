@@ -30,6 +30,7 @@ JOB = "job.json"  # the launcher's record: child pid, command line, start time
 START_LOCK = ".start.lock"  # held while a Start checks for a busy slot and launches (flock)
 SLOT = "active-job.json"  # in the lock folder: the one run that may train now, whichever workspace it is in
 ACTIVE_STATES = ("queued", "running")
+STARTING_SHARE = 0.05  # of the progress bar, for starting the trainer process before its first phase
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Child processes started by this server process, kept so that finished ones are reaped (no zombies).
 _children: dict[int, subprocess.Popen] = {}
@@ -258,8 +259,13 @@ def progress(status: dict[str, Any], config: dict[str, Any] | None = None) -> tu
     if state in FINAL_STATES:
         return 1.0, {"succeeded": "Finished", "stopped": "Stopped", "failed": "Failed"}[state]
     if state == "queued" or not status.get("phase"):
-        return 0.0, status.get("message") or "Starting the trainer"
-    return float(status.get("fraction") or 0.0), core_progress.caption(status)
+        # Starting Python and TensorFlow, then checking the dataset, takes seconds to tens of seconds before the
+        # first phase reports: the bar creeps through the first STARTING_SHARE meanwhile (a percent every ~8 s;
+        # the bar shows whole percents), so a watcher sees that something is going on.
+        waited = max(0.0, time.time() - float(status.get("created") or status.get("heartbeat") or time.time()))
+        message = status.get("message") or "Starting the trainer"
+        return min(STARTING_SHARE, 0.0012 * waited), f"{message} · {core_progress.format_seconds(waited)}"
+    return STARTING_SHARE + (1 - STARTING_SHARE) * float(status.get("fraction") or 0.0), core_progress.caption(status)
 
 
 format_seconds = core_progress.format_seconds

@@ -111,23 +111,26 @@ def predict_in_batches(model: keras.Model, images, batch_size: int, tta: bool = 
     """
     from core.loader import take_rows
 
-    outputs = []
     total = len(images)
+    out: np.ndarray | None = None  # filled in place: one (N, outputs) array, no list of batches to join
     for start in range(0, total, batch_size):
         rows = np.arange(start, min(start + batch_size, total))
         batch = take_rows(images, rows)
         if len(batch) < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)])
-        out = np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(batch)), dtype=np.float64)
+        values = np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(batch)), dtype=np.float32)
         if tta:
             mirrored = np.ascontiguousarray(batch[:, :, ::-1])
-            out = (out + np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(mirrored)), np.float64)) / 2
-        outputs.append(out[:len(rows)])
+            values = (values + np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(mirrored)),
+                                          np.float32)) / 2
+        if out is None:
+            out = np.empty((total, *values.shape[1:]), dtype=np.float32)
+        out[start:start + len(rows)] = values[:len(rows)]
         if on_batch is not None:
             on_batch(offset + int(rows[-1]) + 1)
-    if not outputs:
-        return np.zeros((0, *model.output_shape[1:]), dtype=np.float64)
-    return np.concatenate(outputs)
+    if out is None:
+        return np.zeros((0, *model.output_shape[1:]), dtype=np.float32)
+    return out
 
 
 def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 64,

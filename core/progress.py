@@ -72,6 +72,7 @@ class Tracker:
     current: Phase | None = None
     last_write: float = float("-inf")
     best_fraction: float = 0.0
+    fraction_time: float | None = None
     stopped: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     on_finish: Callable[[Phase], None] | None = None  # e.g. log the phase's time and rate
@@ -154,10 +155,20 @@ class Tracker:
         return sum(((p.ended or now) - p.started) for p in self.phases if p.started is not None)
 
     def fraction(self, now: float | None = None) -> float:
-        """Time spent / (time spent + time left), never lower than before."""
+        """The bar's position: the first time, time spent / (time spent + time left); after that each moment
+        moves it through the part still to go in proportion to the time passed over the time left. So it never
+        goes back, never stands still while time passes (even when an estimate has just grown), and when the
+        estimates hold it moves like time spent / total."""
         now = self.clock() if now is None else now
-        spent, left = self.elapsed(now), self.eta(now)
-        value = spent / (spent + left) if spent + left > 0 else 0.0
+        left = self.eta(now)
+        if self.fraction_time is None:
+            spent = self.elapsed(now)
+            value = spent / (spent + left) if spent + left > 0 else 0.0
+        else:
+            passed = max(0.0, now - self.fraction_time)
+            value = self.best_fraction + (1.0 - self.best_fraction) * (passed / (passed + left) if passed + left > 0
+                                                                       else 0.0)
+        self.fraction_time = now
         self.best_fraction = max(self.best_fraction, min(value, 0.999))
         return self.best_fraction
 
@@ -185,7 +196,7 @@ class Tracker:
                 return
             self.last_write = now
             self.write({**self.snapshot(now), **fields})
-        if self.throttle and not ticker:  # tests and demos: every reported step of work lasts this much longer
+        if self.throttle and not ticker and not self.stopped:  # tests and demos: each report lasts this much longer
             time.sleep(self.throttle)
 
 
@@ -228,9 +239,9 @@ def caption(status: dict[str, Any]) -> str:
     if status.get("phase_epochs"):
         parts.append(f"epoch {status.get('phase_epoch') or 1} of at most {status['phase_epochs']}")
     total, unit = status.get("total"), status.get("unit") or ""
-    if total:
+    if total and float(total) > 1:  # "0/1 steps" says nothing
         parts.append(f"{_count(status.get('done') or 0)}/{_count(total)} {unit}".strip())
-    if status.get("rate"):
+    if status.get("rate") and total and float(total) > 1:
         parts.append(f"{float(status['rate']):,.1f} {unit}/s" if float(status["rate"]) < 10
                      else f"{float(status['rate']):,.0f} {unit}/s")
     if status.get("eta_seconds") is not None:
@@ -241,7 +252,8 @@ def caption(status: dict[str, Any]) -> str:
 
 
 def _count(value: float) -> str:
-    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+    """Whole units done (a fit half done is not a fit done)."""
+    return f"{int(float(value)):,}"
 
 
 def format_seconds(seconds: float) -> str:

@@ -107,11 +107,13 @@ def training_plan(config: TrainConfig, counts: dict[str, int], finetune_epochs: 
                    progress.Phase(progress.HEAD_FIT, len(L2_GRID) if n_val else 1, unit="fits",
                                   seconds_per_unit=0.5 + 0.002 * n_train)]
     elif config.head_epochs > 0:
-        phases.append(progress.Phase(progress.HEAD_EPOCHS, config.head_epochs * n_train,
+        # Epoch phases count every image an epoch touches: its training images and its validation pass.
+        phases.append(progress.Phase(progress.HEAD_EPOCHS, config.head_epochs * (n_train + n_val),
                                      scale_from=progress.FEATURES, factor=1.3))
     if finetune_epochs > 0:
-        phases.append(progress.Phase(progress.FINETUNE, finetune_epochs * n_train, scale_from=progress.FEATURES,
-                                     factor=FINETUNE_COST))
+        phases.append(progress.Phase(progress.FINETUNE, finetune_epochs * (n_train + n_val),
+                                     scale_from=progress.FEATURES,
+                                     factor=(FINETUNE_COST * n_train + n_val) / max(1, n_train + n_val)))
     phases += [progress.Phase(progress.SAVE, 1, unit="files"),
                progress.Phase(progress.EVALUATE, n_eval, scale_from=progress.FEATURES, factor=views)]
     return phases
@@ -238,7 +240,7 @@ class Trainer:
             paths = [dataset.root / s.path for s in samples]
 
             def report(done: int, _: int, offset: int = done_before) -> None:
-                self.tracker.advance(offset + done)
+                self._advance_or_stop(offset + done)  # also when the cache is reused and nothing is decoded
 
             images[part], _ = open_or_build(paths, self.size, self.cache_dir, self.config.threads, report,
                                             should_stop=self._stop_now)
@@ -297,7 +299,7 @@ class Trainer:
         n_images = len(train) + len(val)
         self.run.log_metrics({"kind": "features", "phase": PHASE_HEAD, "images": n_images,
                               "seconds": elapsed, "images_per_s": n_images / max(elapsed, 1e-9)})
-        return train_x.astype(np.float32), None if val_x is None else val_x.astype(np.float32)
+        return train_x, val_x  # float32 (N, D), filled in place by predict_in_batches
 
     def _advance_or_stop(self, done: int) -> None:
         if not self.tracker.advance(done):
@@ -364,7 +366,8 @@ class Trainer:
 
     def _fit(self, model, phase: str, epochs: int, images_per_step: int, **fit_args) -> None:
         callbacks = [
-            RunLogger(self, phase, epochs, images_per_step),
+            RunLogger(self, phase, epochs, images_per_step, len(fit_args["x"].images),
+                      len(fit_args["validation_data"].images)),
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.config.early_stopping_patience,
                                           restore_best_weights=True),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
@@ -435,9 +438,11 @@ class Trainer:
 class RunLogger(keras.callbacks.Callback):
     """Writes step and epoch lines, reports progress, and honours stop requests at the next batch."""
 
-    def __init__(self, trainer: Trainer, phase: str, epochs: int, images_per_step: int):
+    def __init__(self, trainer: Trainer, phase: str, epochs: int, images_per_step: int, train_images: int,
+                 val_images: int):
         super().__init__()
         self.trainer, self.phase, self.epochs, self.images_per_step = trainer, phase, epochs, images_per_step
+        self.train_images, self.val_images = train_images, val_images
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.perf_counter()
@@ -445,35 +450,28 @@ class RunLogger(keras.callbacks.Callback):
         self.trainer.global_epoch += 1
         self._report(0, force=True)
 
-    def _images_before(self) -> int:
-        steps = self.params.get("steps") or 0
-        total = self.trainer.tracker.current.total if self.trainer.tracker.current else 0
-        per_epoch = total / max(self.epochs, 1) if total else steps * self.images_per_step
-        return int((self.phase_epoch - 1) * per_epoch)
-
-    def _report(self, step: int, force: bool = False, message: str = "") -> bool:
-        tracker = self.trainer.tracker
-        per_epoch = (tracker.current.total / max(self.epochs, 1)) if tracker.current else 0
-        done = self._images_before() + min(step * self.images_per_step, per_epoch or step * self.images_per_step)
+    def _report(self, images_this_epoch: int, force: bool = False, message: str = "", step: int = 0) -> bool:
+        """Progress in images: the epochs before this one, then this epoch's training and validation images."""
+        done = (self.phase_epoch - 1) * (self.train_images + self.val_images) + images_this_epoch
         fields = {"epoch": self.trainer.global_epoch, "phase_epoch": self.phase_epoch, "phase_epochs": self.epochs,
                   "step": step, "steps": self.params.get("steps") or 0, "message": message}
-        return tracker.advance(done, force=force, **fields)
+        return self.trainer.tracker.advance(done, force=force, **fields)
 
     def on_train_batch_end(self, batch, logs=None):
         steps = self.params.get("steps") or 0
         now = time.perf_counter()
+        seen = min((batch + 1) * self.images_per_step, self.train_images)
         if (batch + 1) % self.trainer.config.log_every_steps == 0 or batch + 1 == steps:
-            seen = (batch + 1) * self.images_per_step
             self.trainer.run.log_metrics({"kind": "step", "phase": self.phase, "epoch": self.trainer.global_epoch,
                                           "phase_epoch": self.phase_epoch, "step": batch + 1, "steps": steps,
                                           **_numbers(logs), "images_per_s": seen / max(now - self.epoch_start, 1e-9)})
-        if not self._report(batch + 1):
+        if not self._report(seen, step=batch + 1):
             self.model.stop_training = True
 
     def on_test_batch_end(self, batch, logs=None):
-        """Validation at an epoch's end: keep the bar alive and let a stop end it too."""
-        steps = self.params.get("steps") or 0
-        if not self._report(steps, message=f"validating, batch {batch + 1}"):
+        """Validation at an epoch's end: counted in the bar, and a stop ends it too."""
+        checked = min((batch + 1) * self.images_per_step, self.val_images)
+        if not self._report(self.train_images + checked, message="validating", step=self.params.get("steps") or 0):
             self.model.stop_training = True
             self.model.stop_evaluating = True
 
@@ -508,6 +506,8 @@ def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Pat
     `cache_dir` holds decoded images (default: `.cache` beside the run folders).
     """
     config.validate()
+    if run is not None:  # the app's queued run: say what the trainer is doing before its first phase
+        run.heartbeat(message="Checking the dataset", pid=os.getpid())
     try:
         dataset, default_split = prepare_dataset(config)
         split = split or default_split

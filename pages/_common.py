@@ -176,7 +176,9 @@ def run_label(run: RunDir) -> str:
     """'run-2026…-ab12 · flowers-mini · succeeded' for select boxes."""
     config = run.read_config()
     name = config.get("run_name") or Path(config.get("data", "")).name
-    return f"{run.run_id} · {name} · {jobs.run_state(run).get('state', '?')}"
+    view = jobs.run_view(run)
+    note = "" if view.model.usable or view.active else " · not offered by default"
+    return f"{run.run_id} · {name} · {view.state}{note}"
 
 
 def selected_run_id() -> str | None:
@@ -249,7 +251,10 @@ def pick_model(label: str, key: str) -> ModelChoice | None:
     keys = [c.key for c in choices]
     demo = st.query_params.get(DEMO_PARAM)
     wanted = ([f"demo:{demo}"] if demo and is_plain_name(demo) else []) + [selected_run_id()]
-    index = next((keys.index(w) for w in wanted if w in keys), 0)
+    # The default is a usable model (evaluated, better than the majority class): the remembered one if it is,
+    # else the newest such run, else a demo bundle; an unusable run is listed but never preselected.
+    usable = [c.key for c in choices if c.run is None or jobs.run_view(c.run).model.usable]
+    index = next((keys.index(w) for w in wanted if w in usable), keys.index(usable[0]) if usable else 0)
     labels = {c.key: c.label for c in choices}
     chosen = choices[keys.index(st.selectbox(label, keys, index=index, format_func=labels.get, key=key))]
     if chosen.run is not None:
@@ -301,18 +306,38 @@ def sidebar() -> None:
         path = current_dataset_path()
         st.markdown(f"`{path.name}`" if path else "none chosen")
         st.caption("Training")
-        active = jobs.active_run(current_workspace(sync_address=False).runs_dir())
-        if active is not None:
-            status = jobs.run_state(active)
-            st.markdown(f"`{active.run_id}`  \n**{status.get('state')}** · {status.get('phase') or ''}")
-            st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")
-        else:
-            latest = runs()[:1]
-            if latest:
-                st.markdown(f"No run active. Latest: `{latest[0].run_id}` "
-                            f"({jobs.run_state(latest[0]).get('state')})")
-            else:
-                st.markdown("No run yet.")
+        training_status()
+
+
+def training_status() -> None:
+    """The sidebar's run line, from core.jobs.run_view like the Train page; it polls while a run is active."""
+    active = jobs.active_run(current_workspace(sync_address=False).runs_dir())
+    if active is not None:
+        live_training_status(active.run_id)
+        return
+    latest = runs()[:1]
+    if latest:
+        view = jobs.run_view(latest[0])
+        st.markdown(f"No run active. Latest: `{view.run_id}` (**{view.state}**)"
+                    + ("" if view.model.usable else "  \nno usable model"))
+    else:
+        st.markdown("No run yet.")
+
+
+@st.fragment(run_every=2.0)
+def live_training_status(run_id: str) -> None:
+    """The active run's state and phase; when it changes state the whole page is redrawn to agree with it."""
+    run = current_workspace(sync_address=False).run(run_id)
+    if run is None:
+        return
+    view = jobs.run_view(run)
+    if not view.active:
+        st.rerun()  # it just ended: redraw everything (Train page, Start button) from the final state
+    phase = view.status.get("phase_label") or ""
+    st.markdown(f"`{view.run_id}`  \n**{view.state}**" + (f" · {phase}" if phase and view.state == "running"
+                                                          else ""))
+    st.progress(view.fraction)
+    st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")
 
 
 def serve_sidebar() -> None:

@@ -86,9 +86,9 @@ def single_run() -> None:
     run = choice.run
     evaluation = run.read_evaluation()
     if evaluation is None:
-        state = jobs.run_state(run).get("state")
-        st.info(f"This run is {state} and has no evaluation yet.")
-        if st.button("Evaluate now", disabled=state in jobs.ACTIVE_STATES):
+        view = jobs.run_view(run)
+        st.info(f"This run is {view.state} and has no evaluation yet.")
+        if st.button("Evaluate now", disabled=view.active):
             from core.evaluate import evaluate_run
 
             try:
@@ -140,7 +140,7 @@ def export_section(run) -> None:
                "TensorFlow, with the classes and this report: put it in a hosted demo's demo/ folder.")
     left, right = st.columns([3, 1])
     formats = left.multiselect("Formats", list(FORMATS), default=[DEFAULT_RUNTIME_FORMAT], key="export_formats")
-    busy = jobs.run_state(run).get("state") in jobs.ACTIVE_STATES
+    busy = jobs.run_view(run).active
     right.write("")  # aligns the button with the select box
     if right.button("Export and bundle", icon=":material/ios_share:", disabled=busy or not formats,
                     key="export_run"):
@@ -194,7 +194,9 @@ def settings_row(run) -> dict:
         from core.augment import describe_spec  # albumentations: compare() runs only in the train profile
 
         spec = describe_spec(spec)
-    return {"run": run.run_id, "state": jobs.run_state(run).get("state"), "backbone": config.get("backbone"),
+    view = jobs.run_view(run)
+    return {"run": run.run_id, "state": view.state, "usable model": view.model.usable,
+            "backbone": config.get("backbone"),
             "image size": (config.get("resolved") or {}).get("image_size") or config.get("image_size"),
             "head epochs": config.get("head_epochs"),
             "fine-tune epochs": (config.get("resolved") or {}).get("finetune_epochs", config.get("finetune_epochs")),
@@ -213,7 +215,9 @@ def compare() -> None:
         st.caption("Train a second run to compare runs here.")
         return
     ids = [r.run_id for r in everything]
-    chosen = st.multiselect("Runs to compare", ids, default=ids[:3], key="compare_runs")
+    # Preselected: the newest runs with a usable model (core.jobs.model_verdict); others can still be added.
+    usable = [r.run_id for r in everything if jobs.run_view(r).model.usable]
+    chosen = st.multiselect("Runs to compare", ids, default=usable[:3], key="compare_runs")
     picked = [r for r in everything if r.run_id in chosen]
     if not picked:
         return

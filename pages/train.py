@@ -7,12 +7,15 @@ import streamlit as st
 from core import StudioError, charts, jobs
 from core.backbones import BACKBONES, DEFAULT_BACKBONE
 from core.config import TrainConfig
+from core.imagecache import cache_size, clear as clear_cache, default_cache_dir
 from core.runs import RunDir
 from core.workspace import workspace_dir
 from pages._common import (current_augmentation, current_workspace, device_info, ensure_app_shell, need_dataset,
                            remember_run, require_train_profile, selected_run_id, show_error)
 
 POLL_SECONDS = 2.0
+SEEN_STATE_KEY = "train_seen_state"  # (run id, state) at the last redraw, to notice a run changing state
+ACTIVE_VIEW_STATES = ("queued", "running", "stopping")
 IMAGE_SIZES = [96, 128, 160, 192, 224, 240, 256, 260, 288, 300, 320, 380, 384, 456, 528, 600]
 LEARNING_RATES = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 DEFAULTS = TrainConfig()
@@ -81,43 +84,56 @@ def start(values: dict) -> None:
     st.rerun()
 
 
+def phase_steps(view: jobs.RunView) -> str:
+    """'✓ Loading the backbone · ✓ Decoding images · ▸ Computing frozen-base features · ○ Fitting the head'."""
+    marks = {"done": "✓", "running": "▸", "pending": "○"}
+    phases = view.status.get("phases") or []
+    if view.state in ("succeeded",):
+        return ""
+    return " · ".join(f"{marks.get(p.get('state'), '○')} {p.get('label')}" for p in phases)
+
+
 def render_run(run_id: str) -> None:
-    """Status, progress, Stop, error text and curves of one run, read from its folder."""
+    """Status, progress, Stop, error text and curves of one run, read from its folder (core.jobs.run_view)."""
     run = current_workspace(sync_address=False).run(run_id)
     if run is None:
         st.warning(f"Run {run_id} is not in this workspace.")
         return
-    status = jobs.run_state(run)
-    state = status.get("state", "queued")
-    config = run.read_config()
+    view = jobs.run_view(run)
+    seen = st.session_state.get(SEEN_STATE_KEY)
+    st.session_state[SEEN_STATE_KEY] = (run_id, view.state)
+    if seen is not None and seen[0] == run_id and seen[1] != view.state and seen[1] in ACTIVE_VIEW_STATES:
+        st.rerun()  # the run changed state: redraw the whole page, so the sidebar and Start agree with it
     st.subheader(f"Run {run_id}")
-    fraction, caption = jobs.progress(status, config)
-    if state in jobs.ACTIVE_STATES:
-        st.progress(fraction, text=caption)
-        if status.get("stalled"):
-            st.warning(status["stalled"])
-        if run.stop_requested():
-            st.info("Stop requested: the trainer stops after the current batch and keeps the best model.")
+    if view.active:
+        st.progress(view.fraction, text=view.caption if view.state != "stopping" else view.headline)
+        steps = phase_steps(view)
+        if steps:
+            st.caption(steps)
+        if view.stalled:
+            st.warning(view.stalled)
+        if view.state == "stopping":
+            st.info(view.headline, icon=":material/hourglass_top:")
         elif st.button("Stop", icon=":material/stop_circle:", key="stop_run"):
             jobs.stop(run)
             st.rerun(scope="fragment")
-    elif state == "failed":
-        st.error(f"The run failed: {status.get('error') or 'no reason was recorded.'}")
+    elif view.state == "failed":
+        st.error(view.headline)
         with st.expander("End of the trainer's log"):
             st.code(jobs.log_tail(run, 40), language=None)
     else:
-        evaluation = run.read_evaluation() or {}
-        done = "Stopped early; the best model so far is kept." if state == "stopped" else "Training finished."
-        if evaluation:
-            done += f" Accuracy on the {evaluation.get('split')} split: {evaluation.get('accuracy', 0):.1%}."
-        st.success(done)
+        if view.model.usable:
+            st.success(view.headline, icon=":material/check_circle:")
+        else:
+            st.warning(view.headline + " Its logs and curves are kept below.", icon=":material/info:")
         links = st.columns(4)
         links[0].page_link("pages/evaluate.py", label="Evaluate this run", icon=":material/analytics:")
-        links[1].page_link("pages/classify.py", label="Classify photos", icon=":material/image_search:")
+        if view.model.usable:
+            links[1].page_link("pages/classify.py", label="Classify photos", icon=":material/image_search:")
     epochs = charts.epoch_rows(run.read_metrics())
     if not epochs:
-        if state in jobs.ACTIVE_STATES:
-            st.caption("Curves appear after the first epoch.")
+        if view.active:
+            st.caption("Curves appear after the first head fit or epoch.")
         return
     cols = st.columns(3)
     cols[0].plotly_chart(charts.curve_figure(epochs, "loss", "Loss"), key="loss_curve")
@@ -138,6 +154,19 @@ def live_run(run_id: str) -> None:
 def finished_run(run_id: str) -> None:
     """The run view of a finished run (no polling)."""
     render_run(run_id)
+
+
+def cache_section() -> None:
+    """The decoded-image cache: its size on disk, and a button to clear it."""
+    folder = default_cache_dir(current_workspace(sync_address=False).runs_dir())
+    size = cache_size(folder)
+    left, right = st.columns([4, 1])
+    left.caption(f"Decoded-image cache: {size / 1024**2:,.0f} MB on disk. Training decodes each photo once into "
+                 "it (memory stays flat for large folders) and later runs on the same photos and size reuse it.")
+    if size and right.button("Clear the cache", icon=":material/delete_sweep:", key="clear_cache"):
+        freed = clear_cache(folder)
+        st.toast(f"Freed {freed / 1024**2:,.0f} MB.")
+        st.rerun()
 
 
 def run_to_show() -> RunDir | None:
@@ -170,18 +199,21 @@ if dataset is not None:
                     f"{dataset.report.usable_images} images. Augmentation: "
                     f"{describe_spec(resolve_spec(current_augmentation()))} (change it on the Augment page).")
         values = settings(dataset.root, device.get("accelerator", "cpu"))
+        busy_elsewhere = active is None and jobs.slot_busy(workspace_dir())
         if active is not None:
             st.caption(f"Run {active.run_id} is training; a new run can start when it ends or is stopped.")
-        elif jobs.slot_busy(workspace_dir()):
+        elif busy_elsewhere:
             st.caption("Another session is training on this machine; a new run can start when it has finished.")
-        if st.button("Start training", type="primary", icon=":material/play_arrow:"):
+        if st.button("Start training", type="primary", icon=":material/play_arrow:",
+                     disabled=active is not None or busy_elsewhere):
             start(values)
+        cache_section()
 
 shown = run_to_show()
 if shown is not None:
     st.divider()
     remember_run(shown)
-    if jobs.run_state(shown).get("state") in jobs.ACTIVE_STATES:
+    if jobs.run_view(shown).active:
         live_run(shown.run_id)  # keeps polling after the run ends (cheap) until the page is left or reloaded
     else:
         finished_run(shown.run_id)

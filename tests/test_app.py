@@ -255,8 +255,8 @@ def test_second_start_is_refused_while_a_run_trains(workspace: Path) -> None:
     pick_folder(at)
     at.switch_page("pages/train.py").run()
     assert "Run run-busy" in texts(at)  # a second tab finds the active run without ?run=
-    next(b for b in at.button if b.label == "Start training").click().run()
-    assert any("one training at a time" in e.value for e in at.error)
+    start = next(b for b in at.button if b.label == "Start training")
+    assert start.disabled and "run-busy is training" in texts(at)  # Start is off while this workspace trains
     assert len(list((workspace / "runs").iterdir())) == 1
 
 
@@ -474,3 +474,47 @@ def test_no_page_imports_the_train_stack_in_the_serve_profile(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"errors": [], "loaded": []}, report
+
+
+# ------------------------------------------------------------------------------ one state, everywhere (issue 12)
+def _sidebar_texts(at: AppTest) -> str:
+    return "\n".join(str(m.value) for m in at.sidebar.markdown)
+
+
+@pytest.mark.parametrize("state", ["succeeded", "failed", "stopped"])
+def test_train_page_and_sidebar_agree_after_each_ending(workspace: Path, state: str) -> None:
+    run = make_run(workspace / "runs", "run-end", state=state, evaluation=state == "succeeded")
+    if state == "stopped":
+        run.file("model.keras").unlink()  # stopped before its head was trained
+        run.set_status("stopped", stopped_in="features")
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params["run"] = "run-end"
+    at.run()
+    at.switch_page("pages/train.py").run()
+    no_exceptions(at)
+    view = jobs.run_view(run)
+    assert view.state == state
+    assert f"(**{state}**)" in _sidebar_texts(at)  # the sidebar reads the same state as the page
+    page = texts(at)
+    assert "queued" not in page and "is training" not in page
+    if state == "succeeded":
+        assert any("Training finished" in s.value for s in at.success)
+    elif state == "failed":
+        assert any("has no usable image" in e.value for e in at.error)
+    else:
+        assert any("Stopped during 'Computing frozen-base features'" in w.value and "No model was saved" in w.value
+                   for w in at.warning)
+        assert "no usable model" in _sidebar_texts(at)
+
+
+def test_classify_never_preselects_a_model_that_is_not_usable(workspace: Path) -> None:
+    good = make_run(workspace / "runs", "run-good")
+    time.sleep(0.01)
+    newer = make_run(workspace / "runs", "run-stopped", state="stopped", evaluation=False)  # kept, not evaluated
+    assert jobs.run_view(good).model.usable and not jobs.run_view(newer).model.usable
+    at = app()
+    at.switch_page("pages/classify.py").run()
+    no_exceptions(at)
+    picker = at.selectbox(key="classify_run")
+    assert picker.value == "run-good"  # the newer run is listed but not the default
+    assert "run-stopped" in picker.options[0] or any("run-stopped" in o for o in picker.options)

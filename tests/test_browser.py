@@ -88,14 +88,14 @@ def test_upload_augment_train_evaluate_classify(tmp_path: Path) -> None:
             run_heading = page.get_by_role("heading", name="Run run-")
             run_title = run_heading.inner_text()
             assert "run=" in page.url, page.url
-            # A second Start while the first runs is refused with a reason.
-            page.get_by_role("button", name="Start training").click()
-            expect(page.get_by_text("one training at a time")).to_be_visible()
+            # While it runs, Start is off and the page says why.
+            expect(page.get_by_role("button", name="Start training")).to_be_disabled()
+            expect(page.get_by_text("is training; a new run can start when it ends")).to_be_visible()
             # Reload mid-training: the address bar's ?run= reattaches to the same run, still live.
             page.reload()
             expect(page.get_by_role("heading", name=run_title)).to_be_visible()
             expect(stop_button).to_be_visible()
-            expect(page.locator('[data-testid="stProgress"]')).to_be_visible()
+            expect(page.locator('[data-testid="stMain"] [data-testid="stProgress"]')).to_be_visible()
             # Live curves: drawn after the head phase while fine-tuning still runs.
             charts = page.locator('[data-testid="stPlotlyChart"]')
             expect(charts.nth(2)).to_be_visible(timeout=150_000)  # loss, accuracy, learning rate

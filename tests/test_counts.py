@@ -256,7 +256,7 @@ def test_a_demo_bundle_reads_the_same_way(workspace: Path) -> None:
 def test_data_page_says_val_is_carved_from_a_zipped_train_folder(workspace: Path) -> None:
     archive = make_zip(layout_files({"train": 4}, top="flowers/"))
     at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=30).run()
-    zip_uploader = next(u for u in at.file_uploader if not u.accept_directory and "zip" in u.allowed_type[0])
+    zip_uploader = at.file_uploader(key="zip_upload")
     zip_uploader.set_value(("flowers.zip", archive, "application/zip")).run()
     assert not at.exception, [e.value for e in at.exception]
     text = markdown(at)
@@ -273,7 +273,7 @@ def test_data_page_says_val_is_carved_from_a_zipped_train_folder(workspace: Path
 def test_data_page_keeps_the_share_off_when_val_is_given(workspace: Path) -> None:
     archive = make_zip(layout_files({"train": 4, "val": 2}, top="flowers/"))
     at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=30).run()
-    zip_uploader = next(u for u in at.file_uploader if not u.accept_directory and "zip" in u.allowed_type[0])
+    zip_uploader = at.file_uploader(key="zip_upload")
     zip_uploader.set_value(("flowers.zip", archive, "application/zip")).run()
     assert not at.exception, [e.value for e in at.exception]
     assert "The dataset's own train/ and val/ folders are used as they are." in markdown(at)

@@ -19,7 +19,8 @@ def run(what: str, args: argparse.Namespace) -> dict[str, Any]:
     if what in ("loader", "recipe") and not args.data:
         raise StudioError(f"bench {what} needs --data DIR (a labelled image folder).")
     handlers: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-        "loader": bench_loader, "train": bench_train, "recipe": bench_recipe, "scale": bench_scale}
+        "loader": bench_loader, "train": bench_train, "recipe": bench_recipe, "scale": bench_scale,
+        "stop": bench_stop}
     result = handlers[what](args)
     return {"bench": what, "machine": machine_summary(), **result}
 
@@ -242,3 +243,65 @@ def _scale_row(data: Path, size: int, models: Path, args: argparse.Namespace) ->
     return {"images": size, "peak_rss_mb": round(usage.ru_maxrss / 1024),
             "cache_mb": round(cache_size(models / ".cache") / 1024**2), "seconds": round(seconds, 1),
             "accuracy": evaluation.get("accuracy"), "phases": phases}
+
+
+# ----------------------------------------------------------------------------------------- stop
+STOP_PHASES = ("prepare", "decode", "features", "head_fit", "finetune", "save", "evaluate")
+
+
+def bench_stop(args: argparse.Namespace) -> dict[str, Any]:
+    """How long a stop takes in each phase, unthrottled: for each phase a fresh trainer (fresh cache) on a
+    generated folder; when its status first shows that phase a stop is requested, and the time until the
+    status is final is measured. A phase that ended before it was seen is reported as not caught."""
+    import tempfile
+
+    from core.synthetic import make_dataset
+
+    size = (args.sizes or [1000])[0]
+    with tempfile.TemporaryDirectory(prefix="studio-stop-") as tmp:
+        data = make_dataset(Path(tmp) / "data", size, seed=size)
+        rows = [_stop_row(data, phase, Path(tmp) / f"models-{phase}", args) for phase in STOP_PHASES]
+    caught = [r["seconds_to_stopped"] for r in rows if r.get("seconds_to_stopped") is not None]
+    return {"images": size, "extra_train_args": args.train_args or [], "rows": rows,
+            "max_seconds_to_stopped": max(caught) if caught else None}
+
+
+def _stop_row(data: Path, phase: str, models: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import subprocess
+    import sys
+
+    from core.runs import FINAL_STATES, RunDir
+
+    run = RunDir(models / "stop-run")
+    run.path.mkdir(parents=True)
+    command = [sys.executable, "-m", "core", "--models-dir", str(models), "train", "--data", str(data),
+               "--run-id", "stop-run", *(args.train_args or [])]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "STUDIO_CACHE_DIR": str(models / ".cache")}
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    asked = None
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            status = _read_status_quietly(run)
+            state = status.get("state")
+            if asked is None and state == "running" and status.get("phase") == phase:
+                run.request_stop()
+                asked = time.monotonic()
+            if state in FINAL_STATES:
+                if asked is None:
+                    return {"phase": phase, "caught": False, "state": state}
+                return {"phase": phase, "caught": True, "state": state, "stopped_in": status.get("stopped_in"),
+                        "seconds_to_stopped": round(time.monotonic() - asked, 2), "model_kept": run.has_model(),
+                        "evaluated": run.read_evaluation() is not None}
+            time.sleep(0.05)
+        raise StudioError(f"bench stop: the run for phase {phase} did not end within 15 minutes.")
+    finally:
+        if child.poll() is None:
+            child.wait(timeout=120)
+
+
+def _read_status_quietly(run) -> dict[str, Any]:
+    try:
+        return run.read_status() or {}
+    except (ValueError, OSError):  # replaced between listing and reading
+        return {}

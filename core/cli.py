@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = RunDir(Path(args.models_dir or _models_dir()) / args.run_id) if args.run_id else None
     if run is not None:
         run.path.mkdir(parents=True, exist_ok=True)
-    run = run_training(config, run=run, models_dir=args.models_dir)
+    run = run_training(config, run=run, models_dir=args.models_dir, exit_on_stop=True)
     print(run.path)
     return 0
 
@@ -197,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data", help="the dataset's current location, if it moved since training")
     export.set_defaults(func=cmd_export)
 
-    bench = sub.add_parser("bench", help="measure throughput: loader | train | recipe | scale")
-    bench.add_argument("what", choices=["loader", "train", "recipe", "scale"])
+    bench = sub.add_parser("bench", help="measure: loader | train | recipe throughput, scale (memory, disk, "
+                                         "time per phase by dataset size), stop (seconds to stop in each phase)")
+    bench.add_argument("what", choices=["loader", "train", "recipe", "scale", "stop"])
     bench.add_argument("--data", default=None)
     bench.add_argument("--image-size", type=int, default=224)
     bench.add_argument("--batch-size", type=int, default=32)
@@ -211,11 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="recipe: override a default setting for the measured variant (JSON values)")
     bench.add_argument("--recipe-backbone", default="efficientnet_lite0", help="recipe: backbone for both recipes")
-    bench.add_argument("--sizes", type=int, nargs="+", help="scale: dataset sizes in images (default 1000 5000 20000)")
+    bench.add_argument("--sizes", type=int, nargs="+", help="scale: dataset sizes in images (default 1000 5000 20000); stop: the one size (default 1000)")
     bench.add_argument("--work", help="scale: folder for the generated datasets (kept and reused; default a temp dir)")
     bench.add_argument("--keep", action="store_true", help="scale: keep run folders and caches")
     bench.add_argument("--train-args", nargs=argparse.REMAINDER,
-                       help="scale: extra `train` flags for every size, last on the line (e.g. --image-size 96)")
+                       help="scale, stop: extra `train` flags for every run, last on the line (e.g. --image-size 96)")
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -20,7 +20,6 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -41,13 +40,24 @@ class StopRequested(Exception):
     """Raised between chunks of work when the caller asked to stop."""
 
 
-@dataclass(frozen=True)
 class ImageCache:
-    """`count` images of `size`x`size`x3 uint8 in one raw file; thread-safe positional reads."""
+    """`count` images of `size`x`size`x3 uint8 in one raw file; thread-safe positional reads.
 
-    path: Path
-    count: int
-    size: int
+    The file is opened once and kept open, so a cache cleared or pruned while a run reads it stays readable
+    until the run ends (an unlinked file lives on while a descriptor holds it).
+    """
+
+    def __init__(self, path: Path, count: int, size: int):
+        self.path, self.count, self.size = Path(path), int(count), int(size)
+        self._fd = os.open(self.path, os.O_RDONLY) if self.count else None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
 
     @property
     def row_bytes(self) -> int:
@@ -70,12 +80,8 @@ class ImageCache:
         out = np.empty((len(rows), self.size, self.size, 3), dtype=np.uint8)
         if len(rows) and (rows.min() < 0 or rows.max() >= self.count):
             raise IndexError(f"row out of range 0..{self.count - 1}")
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            for i, row in enumerate(rows):
-                self._read_into(fd, out[i], int(row) * self.row_bytes, self.row_bytes)
-        finally:
-            os.close(fd)
+        for i, row in enumerate(rows):
+            self._read_into(out[i], int(row) * self.row_bytes, self.row_bytes)
         return out
 
     def slice(self, start: int, stop: int) -> np.ndarray:
@@ -83,27 +89,25 @@ class ImageCache:
         start, stop = max(0, start), min(self.count, stop)
         out = np.empty((max(0, stop - start), self.size, self.size, 3), dtype=np.uint8)
         if len(out):
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                self._read_into(fd, out, start * self.row_bytes, out.nbytes)
-            finally:
-                os.close(fd)
+            self._read_into(out, start * self.row_bytes, out.nbytes)
         return out
 
     def __getitem__(self, index):
-        """Array-like access for small reads: an int, a slice with step 1, or an index array."""
+        """Array-like access for small reads: an int (negative counts from the end), a slice with step 1, or an
+        index array."""
         if isinstance(index, slice) and index.step in (None, 1):
             start, stop, _ = index.indices(self.count)
             return self.slice(start, stop)
         if isinstance(index, (int, np.integer)):
-            return self.take([int(index) % self.count])[0]
+            row = int(index) + self.count if index < 0 else int(index)
+            return self.take([row])[0]
         return self.take(np.arange(self.count)[index])
 
-    def _read_into(self, fd: int, buffer: np.ndarray, offset: int, length: int) -> None:
+    def _read_into(self, buffer: np.ndarray, offset: int, length: int) -> None:
         view = memoryview(buffer).cast("B")
         done = 0
         while done < length:
-            got = os.preadv(fd, [view[done:]], offset + done)
+            got = os.preadv(self._fd, [view[done:]], offset + done)
             if got <= 0:
                 raise StudioError(f"Image cache {self.path} is shorter than expected; clear the cache and retry.")
             done += got
@@ -119,9 +123,13 @@ def default_cache_dir(models_dir: Path | str | None = None) -> Path:
 
 
 def cache_key(paths: Sequence[Path | str], size: int) -> str:
-    """Content key: paths in order, each file's size and mtime, the image size and the decoder version."""
+    """Content key: paths in order, each file's size and mtime, the image size, and what decodes and resizes
+    (our decoder version, OpenCV's and Pillow's: a new release may resize a pixel differently)."""
+    import cv2
+    import PIL
+
     digest = hashlib.blake2b(digest_size=12)
-    digest.update(f"v{DECODER_VERSION}|{size}\n".encode())
+    digest.update(f"v{DECODER_VERSION}|{cv2.__version__}|{PIL.__version__}|{size}\n".encode())
     for path in paths:
         info = os.stat(path)
         digest.update(f"{os.path.abspath(path)}|{info.st_size}|{info.st_mtime_ns}\n".encode("utf-8", "replace"))
@@ -130,25 +138,27 @@ def cache_key(paths: Sequence[Path | str], size: int) -> str:
 
 def open_or_build(paths: Sequence[Path | str], size: int, cache_dir: Path | str, threads: int | None = None,
                   progress: Callable[[int, int], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> tuple[ImageCache, bool]:
+                  should_stop: Callable[[], bool] | None = None, prune_after: bool = True
+                  ) -> tuple[ImageCache, bool]:
     """The cache for these images at this size, decoding only when there is none. Returns (cache, reused).
 
     `progress(done, total)` is called after every chunk of CHUNK images; `should_stop()` is asked before each
-    chunk and raises StopRequested (the partial file is removed).
+    chunk and raises StopRequested (the partial file is removed). With `prune_after` older caches are dropped
+    to fit the budget (a caller building several parts prunes once at the end, keeping all of them).
     """
     cache_dir = Path(cache_dir)
     if not len(paths):
-        return ImageCache(cache_dir / "empty", 0, size), True  # nothing to decode, no file to read
+        return ImageCache(cache_dir / "empty", 0, size), True  # nothing to decode, no file opened
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(paths, size)
     final = cache_dir / f"images-{size}px-{len(paths)}-{key}{SUFFIX}"
-    cache = ImageCache(final, len(paths), size)
-    if final.is_file() and final.stat().st_size == cache.nbytes:
+    nbytes = len(paths) * size * size * 3
+    if final.is_file() and final.stat().st_size == nbytes:
         os.utime(final)  # most recently used: pruning keeps it
         if progress:
             progress(len(paths), len(paths))
-        return cache, True
-    _check_free_space(cache_dir, cache.nbytes)
+        return ImageCache(final, len(paths), size), True
+    _check_free_space(cache_dir, nbytes)
     partial = final.with_name(f".{final.name}.{os.getpid()}.partial")
     try:
         _decode_into(partial, paths, size, threads, progress, should_stop)
@@ -157,7 +167,9 @@ def open_or_build(paths: Sequence[Path | str], size: int, cache_dir: Path | str,
         partial.unlink(missing_ok=True)
         raise
     _write_meta(final, paths, size)
-    prune(cache_dir, max_cache_bytes(), keep=final)
+    cache = ImageCache(final, len(paths), size)
+    if prune_after:
+        prune(cache_dir, max_cache_bytes(), keep=[final])
     return cache, False
 
 
@@ -227,15 +239,17 @@ def cache_size(cache_dir: Path | str) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
-def prune(cache_dir: Path | str, max_bytes: int, keep: Path | None = None) -> int:
-    """Drop least recently used caches until the folder fits `max_bytes`; returns the bytes freed."""
+def prune(cache_dir: Path | str, max_bytes: int, keep: Sequence[Path] = ()) -> int:
+    """Drop least recently used caches (never those in `keep`) until the folder fits `max_bytes`; returns the
+    bytes freed. A run still reading a dropped cache keeps its open file."""
     freed = 0
     files = cache_files(cache_dir)
     total = sum(p.stat().st_size for p in files)
+    kept = {Path(p) for p in keep}
     for path in files:
         if total <= max_bytes:
             break
-        if keep is not None and path == keep:
+        if path in kept:
             continue
         size = path.stat().st_size
         path.unlink(missing_ok=True)
@@ -246,10 +260,28 @@ def prune(cache_dir: Path | str, max_bytes: int, keep: Path | None = None) -> in
 
 
 def clear(cache_dir: Path | str) -> int:
-    """Delete every finished cache (a trainer reading one keeps its open file until it ends); returns bytes."""
+    """Delete every finished cache (a trainer reading one keeps its open file until it ends) and partial files
+    left by trainers that are gone; returns the bytes freed."""
     freed = 0
     for path in cache_files(cache_dir):
         freed += path.stat().st_size
         path.unlink(missing_ok=True)
         path.with_suffix(".json").unlink(missing_ok=True)
+    folder = Path(cache_dir)
+    for partial in folder.glob(".*.partial") if folder.is_dir() else []:
+        if not _writer_alive(partial):
+            freed += partial.stat().st_size
+            partial.unlink(missing_ok=True)
     return freed
+
+
+def _writer_alive(partial: Path) -> bool:
+    """A partial file is named `.<cache>.<pid>.partial`: True while that process exists."""
+    try:
+        pid = int(partial.name.rsplit(".", 2)[-2])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True

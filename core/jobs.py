@@ -331,6 +331,7 @@ class RunView:
     model: ModelVerdict
     error: str | None = None
     stalled: str | None = None
+    has_model: bool = False
 
     @property
     def active(self) -> bool:
@@ -344,7 +345,9 @@ class RunView:
         if self.state == "running":
             return f"Training: {self.caption}"
         if self.state == "stopping":
-            return "Stopping: the trainer ends at its next batch and keeps the best model made so far."
+            kept = "keeps the best model saved so far" if self.has_model else \
+                "no model has been trained yet, so none will be kept"
+            return f"Stopping: the trainer ends within seconds; it {kept}."
         if self.state == "failed":
             return f"The run failed: {self.error or 'no reason was recorded.'}"
         where = self.status.get("stopped_in")
@@ -366,7 +369,8 @@ def run_view(run: RunDir) -> RunView:
     verdict = model_verdict(run) if state not in ACTIVE_STATES and state != "stopping" else \
         ModelVerdict(False, "The run is still training.")
     return RunView(run.run_id, state, fraction, caption, status, verdict,
-                   error=status.get("error") if state == "failed" else None, stalled=status.get("stalled"))
+                   error=status.get("error") if state == "failed" else None, stalled=status.get("stalled"),
+                   has_model=run.has_model())
 
 
 # The UI used to train at 160 px on a CPU to keep the first model under two minutes. Since the head is fitted

@@ -33,7 +33,7 @@ LABELS = {
 PRIOR_SECONDS = {PREPARE: 6.0, DECODE: 0.006, FEATURES: 0.03, HEAD_FIT: 3.0, HEAD_EPOCHS: 0.03, FINETUNE: 0.1,
                  SAVE: 2.0, EVALUATE: 0.03}
 WRITE_INTERVAL = 0.5  # seconds between status writes within a phase (phase changes are written at once)
-THROTTLE_ENV = "STUDIO_TRAIN_THROTTLE"  # tests and demos: seconds to sleep per progress report, to watch phases
+THROTTLE_ENV = "STUDIO_TRAIN_THROTTLE"  # tests and demos: seconds each phase waits at its start, to watch it
 
 
 @dataclass
@@ -76,6 +76,7 @@ class Tracker:
     stopped: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     on_finish: Callable[[Phase], None] | None = None  # e.g. log the phase's time and rate
+    ticker_closed: bool = False  # once set (under lock) no ticker write lands, so none can follow the final state
 
     def phase(self, name: str) -> Phase:
         for phase in self.phases:
@@ -96,6 +97,8 @@ class Tracker:
         phase.started, phase.done = self.clock(), 0.0
         self.current = phase
         self._write(force=True, **{"message": "", "phase_epochs": None, "phase_epoch": None, **fields})
+        if self.throttle and not self.stopped:  # tests and demos: hold the phase on screen before its work
+            time.sleep(self.throttle)
         return phase
 
     def advance(self, done: float, force: bool = False, **fields: Any) -> bool:
@@ -121,10 +124,6 @@ class Tracker:
         if self.on_finish is not None:
             self.on_finish(phase)
 
-    def skip(self, name: str) -> None:
-        """Drop a planned phase that will not run (e.g. fine-tuning after a stop)."""
-        self.phases = [p for p in self.phases if p.name != name]
-
     def stop_requested(self) -> bool:
         if not self.stopped and self.should_stop():
             self.stopped = True
@@ -144,7 +143,12 @@ class Tracker:
     def phase_eta(self, phase: Phase, now: float) -> float:
         if phase.ended is not None:
             return 0.0
-        return max(0.0, phase.total - phase.done) * self.seconds_per_unit(phase, now)
+        left = max(0.0, phase.total - phase.done) * self.seconds_per_unit(phase, now)
+        if phase.started is not None and phase.done <= 0:
+            # No unit done yet, so no rate: the time already spent in the phase comes off the estimate (a
+            # long first step must not keep saying "about 0:06 left"), down to a second.
+            left = max(1.0, left - (now - phase.started))
+        return left
 
     def eta(self, now: float | None = None) -> float:
         """Seconds left for the current phase and every later one."""
@@ -191,20 +195,21 @@ class Tracker:
 
     def _write(self, force: bool = False, ticker: bool = False, **fields: Any) -> None:
         with self.lock:  # the ticker thread and the trainer write through one writer, one at a time
+            if ticker and self.ticker_closed:
+                return
             now = self.clock()
             if not force and now - self.last_write < WRITE_INTERVAL:
                 return
             self.last_write = now
             self.write({**self.snapshot(now), **fields})
-        if self.throttle and not ticker and not self.stopped:  # tests and demos: each report lasts this much longer
-            time.sleep(self.throttle)
 
 
 class Ticker:
-    """A daemon thread that refreshes a tracker's status every `interval` seconds until closed."""
+    """A daemon thread that refreshes a tracker's status every `interval` seconds until closed; `on_tick` (if
+    given) runs first on each beat, e.g. to act on a stop while the main thread is inside one long call."""
 
-    def __init__(self, tracker: Tracker, interval: float = 1.0):
-        self.tracker, self.interval = tracker, interval
+    def __init__(self, tracker: Tracker, interval: float = 1.0, on_tick: Callable[[], None] | None = None):
+        self.tracker, self.interval, self.on_tick = tracker, interval, on_tick
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="progress-ticker", daemon=True)
 
@@ -216,12 +221,16 @@ class Ticker:
         self.close()
 
     def close(self) -> None:
+        with self.tracker.lock:
+            self.tracker.ticker_closed = True
         self.done.set()
         if self.thread.is_alive():
             self.thread.join(timeout=5)
 
     def _loop(self) -> None:
         while not self.done.wait(self.interval):
+            if self.on_tick is not None:
+                self.on_tick()
             if self.tracker.current is not None:
                 try:
                     self.tracker.refresh()

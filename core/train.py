@@ -29,13 +29,15 @@ from core import StudioError, progress
 from core.config import TrainConfig
 from core.datasets import Dataset, Sample, scan, split_samples, split_to_json
 from core.distribute import data_parallel, prepare_devices
-from core.imagecache import ImageCache, StopRequested, default_cache_dir, open_or_build
+from core.imagecache import ImageCache, StopRequested, default_cache_dir, max_cache_bytes, open_or_build, prune
 from core.runs import MODEL, RunDir
 
 PHASE_HEAD, PHASE_FINETUNE = progress.HEAD_EPOCHS, progress.FINETUNE
-# A fine-tuning image costs about three frozen feature passes on a CPU (backward through the unfrozen top).
+# A fine-tuning image costs about 3.5 frozen feature passes on a CPU (forward, then backward through the unfrozen
+# top); only the first estimate uses it, the measured rate replaces it after the first batch.
 FINETUNE_COST = 3.5
 CPU_INFERENCE_BATCH = 8
+HARD_STOP_GRACE = 2.0  # seconds a stop may wait for the next check before a trainer with no head ends itself
 
 
 @dataclass
@@ -122,8 +124,11 @@ def training_plan(config: TrainConfig, counts: dict[str, int], finetune_epochs: 
 class Trainer:
     """Runs the recipe for one config and writes everything into one run directory."""
 
-    def __init__(self, config: TrainConfig, run: RunDir, cache_dir: Path | None = None):
+    def __init__(self, config: TrainConfig, run: RunDir, cache_dir: Path | None = None,
+                 exit_on_stop: bool = False):
         self.config, self.run = config, run
+        self.exit_on_stop = exit_on_stop  # the trainer process may end itself on a stop with nothing to keep
+        self.stop_seen_at: float | None = None
         self.cache_dir = Path(cache_dir or default_cache_dir(run.path.parent))
         self.stop_signalled = False
         self.best_val_loss = float("inf")
@@ -140,6 +145,7 @@ class Trainer:
         config = self.config
         finetune_epochs = self._set_up(dataset, split)
         self.tracker.phases = training_plan(config, {k: len(v) for k, v in split.items()}, finetune_epochs)
+        data: PreparedData | None = None
         try:
             self._prepare_model(dataset)
             data = self._decode(dataset, split)
@@ -151,9 +157,12 @@ class Trainer:
         except StopRequested:
             self.stopped_in = self._current_phase()
         self._save_best()
-        if self._stop_now():
+        if self._stop_now() or data is None:
             self.stopped_in = self.stopped_in or self._current_phase()
             return None
+        if not self.head_ready:  # e.g. every validation loss was NaN: there is no model to evaluate or keep
+            raise StudioError("Training ended without a usable model: no epoch reached a finite validation loss. "
+                              "Try a lower learning rate, or check the images.")
         try:
             return self._evaluate(data)
         except StopRequested:
@@ -162,6 +171,23 @@ class Trainer:
 
     def _current_phase(self) -> str | None:
         return self.tracker.current.name if self.tracker.current is not None else None
+
+    def stop_without_model(self) -> None:
+        """On the ticker thread: a stop was asked, no head exists yet (so nothing could be kept), and the main
+        thread has not reached its next stop check within HARD_STOP_GRACE s (it is inside one long call, such as
+        building the backbone or compiling the first step). End the trainer process now, saying so."""
+        if not self.exit_on_stop or self.head_ready or not self._stop_now():
+            return
+        now = time.monotonic()
+        self.stop_seen_at = self.stop_seen_at or now
+        if now - self.stop_seen_at < HARD_STOP_GRACE:
+            return
+        with self.tracker.lock:  # no other status write can come after this one
+            self.tracker.ticker_closed = True
+            self.run.set_status("stopped", finished=time.time(), phase="done", message="", eta_seconds=0,
+                                fraction=1.0, stopped_in=self._current_phase())
+            print(self.run.path, flush=True)
+            os._exit(0)
 
     def _set_up(self, dataset: Dataset, split: dict[str, list[Sample]]) -> int:
         """Device, precision, parallelism; config.json, classes.json and split.json. Returns fine-tune epochs."""
@@ -186,6 +212,9 @@ class Trainer:
         spec = resolve_spec(config.augmentation)
         self.size = config.resolved_image_size
         finetune_epochs = config.resolved_finetune_epochs(device.accelerator)
+        if config.head_epochs == 0 and finetune_epochs == 0:
+            raise StudioError(f"Nothing to train: head_epochs is 0 and fine-tuning on a {device.accelerator.upper()} "
+                              "is 0 epochs by default; set head_epochs above 0 or finetune_epochs explicitly.")
         self.run.write_classes(dataset.classes)
         self.run.write_split(split_to_json(dataset.root, dataset.classes, split, config.seed,
                                            "folders" if dataset.report.layout == "split_folders" else "random"))
@@ -243,9 +272,11 @@ class Trainer:
                 self._advance_or_stop(offset + done)  # also when the cache is reused and nothing is decoded
 
             images[part], _ = open_or_build(paths, self.size, self.cache_dir, self.config.threads, report,
-                                            should_stop=self._stop_now)
+                                            should_stop=self._stop_now, prune_after=False)
             labels[part] = np.asarray([s.label for s in samples], dtype=np.int64)
             done_before += len(samples)
+        # Keep the folder within its budget, never dropping a part this run reads.
+        prune(self.cache_dir, max_cache_bytes(), keep=[c.path for c in images.values()])
         self.tracker.finish(progress.DECODE)
         self.sample_weights = class_weight_vector(labels["train"], len(dataset.classes)) \
             if self.config.class_weights else None
@@ -374,6 +405,8 @@ class Trainer:
                                               patience=self.config.reduce_lr_patience, min_lr=1e-7),
         ]
         self.tracker.start(phase)
+        if self._stop_now():  # compiling the first step can take a while: don't start it for nothing
+            raise StopRequested()
         model.fit(epochs=epochs, callbacks=callbacks, verbose=0, **fit_args)
         self.tracker.finish(phase)
         self.phase_ended()
@@ -399,14 +432,11 @@ class Trainer:
             self.unsaved_best = False
 
     def _save_best(self) -> None:
-        """Phase: write the best model not yet on disk (nothing when no head was ever fitted)."""
-        if not self.head_ready or not self.tracker.has(progress.SAVE) \
-                or self.tracker.phase(progress.SAVE).ended is not None:
-            self.phase_ended()
+        """Phase: write the best model not yet on disk; nothing when no head was ever fitted."""
+        if not self.head_ready:
             return
         self.tracker.start(progress.SAVE)
-        if self.head_ready:
-            self.phase_ended()
+        self.phase_ended()
         self.tracker.finish(progress.SAVE)
 
     def _save_model(self, model) -> None:
@@ -448,7 +478,8 @@ class RunLogger(keras.callbacks.Callback):
         self.epoch_start = time.perf_counter()
         self.phase_epoch = epoch + 1
         self.trainer.global_epoch += 1
-        self._report(0, force=True)
+        if not self._report(0, force=True):
+            self.model.stop_training = True
 
     def _report(self, images_this_epoch: int, force: bool = False, message: str = "", step: int = 0) -> bool:
         """Progress in images: the epochs before this one, then this epoch's training and validation images."""
@@ -476,6 +507,8 @@ class RunLogger(keras.callbacks.Callback):
             self.model.stop_evaluating = True
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.trainer.tracker.stopped:  # an epoch cut short by a stop is no point for the curves, no score
+            return
         logs = _numbers(logs)
         seconds = time.perf_counter() - self.epoch_start
         steps = self.params.get("steps") or 0
@@ -483,8 +516,7 @@ class RunLogger(keras.callbacks.Callback):
         self.trainer.run.log_metrics({"kind": "epoch", "phase": self.phase, "epoch": self.trainer.global_epoch,
                                       "phase_epoch": epoch + 1, **logs, "lr": lr, "seconds": seconds,
                                       "images_per_s": steps * self.images_per_step / max(seconds, 1e-9)})
-        if not self.trainer.tracker.stopped:  # a validation cut short by a stop is no score to keep
-            self.trainer.epoch_ended(logs.get("val_loss"))
+        self.trainer.epoch_ended(logs.get("val_loss"))
 
 
 def _numbers(logs: dict | None) -> dict[str, float]:
@@ -499,11 +531,13 @@ def _learning_rate(model) -> float | None:
 
 
 def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Path | None = None,
-                 split: dict[str, list[Sample]] | None = None, cache_dir: Path | None = None) -> RunDir:
+                 split: dict[str, list[Sample]] | None = None, cache_dir: Path | None = None,
+                 exit_on_stop: bool = False) -> RunDir:
     """Validate, create the run folder, train, evaluate. Status ends as succeeded, stopped or failed.
 
     `split` overrides the dataset's own split (the recipe benchmark holds out a fixed test set this way);
-    `cache_dir` holds decoded images (default: `.cache` beside the run folders).
+    `cache_dir` holds decoded images (default: `.cache` beside the run folders). `exit_on_stop` (the trainer
+    process of `python -m core train`) lets a stop with nothing to keep end the process at once.
     """
     config.validate()
     if run is not None:  # the app's queued run: say what the trainer is doing before its first phase
@@ -516,11 +550,11 @@ def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Pat
             run.set_status("failed", error=str(err), finished=time.time())
         raise
     run = run or RunDir.create(models_dir)
-    trainer = Trainer(config, run, cache_dir)
+    trainer = Trainer(config, run, cache_dir, exit_on_stop=exit_on_stop)
     previous = _install_stop_signal(trainer)
     run.set_status("running", pid=os.getpid(), started=time.time(), error=None)
     try:
-        with progress.Ticker(trainer.tracker):
+        with progress.Ticker(trainer.tracker, on_tick=trainer.stop_without_model):
             trainer.fit(dataset, split)
     except BaseException as err:
         message = str(err) if isinstance(err, StudioError) else f"{type(err).__name__}: {err}"

@@ -172,11 +172,11 @@ def runs() -> list[RunDir]:
     return list_runs(current_workspace(sync_address=False).runs_dir())
 
 
-def run_label(run: RunDir) -> str:
-    """'run-2026…-ab12 · flowers-mini · succeeded' for select boxes."""
+def run_label(run: RunDir, view: jobs.RunView | None = None) -> str:
+    """'run-2026…-ab12 · flowers-mini · succeeded' for select boxes (a model not offered by default says so)."""
     config = run.read_config()
     name = config.get("run_name") or Path(config.get("data", "")).name
-    view = jobs.run_view(run)
+    view = view or jobs.run_view(run)
     note = "" if view.model.usable or view.active else " · not offered by default"
     return f"{run.run_id} · {name} · {view.state}{note}"
 
@@ -215,6 +215,7 @@ class ModelChoice:
     label: str
     run: RunDir | None = None
     bundle_path: Path | None = None
+    usable: bool = True  # may be preselected: a demo bundle, or a run whose model core.jobs.model_verdict accepts
 
     @property
     def name(self) -> str:
@@ -226,7 +227,10 @@ def model_choices() -> list[ModelChoice]:
     """Runs with a model (train profile only: they need Keras), newest first, then the demo bundles by name."""
     choices = []
     if profile.is_train_profile():
-        choices = [ModelChoice(r.run_id, run_label(r), run=r) for r in runs() if r.has_model()]
+        for run in runs():
+            if run.has_model():
+                view = jobs.run_view(run)
+                choices.append(ModelChoice(run.run_id, run_label(run, view), run=run, usable=view.model.usable))
     for path in profile.demo_bundles():
         choices.append(ModelChoice(f"demo:{path.name}", f"{path.name} · demo bundle", bundle_path=path))
     return choices
@@ -234,6 +238,8 @@ def model_choices() -> list[ModelChoice]:
 
 def no_model_message() -> None:
     """What to do when there is nothing to evaluate or classify, for the profile this app runs in."""
+    if model_choices():
+        return  # there are models, none chosen: pick_model has said why
     if profile.is_train_profile():
         st.info("No trained model yet. Train one on the Train page first.")
         st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
@@ -251,12 +257,20 @@ def pick_model(label: str, key: str) -> ModelChoice | None:
     keys = [c.key for c in choices]
     demo = st.query_params.get(DEMO_PARAM)
     wanted = ([f"demo:{demo}"] if demo and is_plain_name(demo) else []) + [selected_run_id()]
-    # The default is a usable model (evaluated, better than the majority class): the remembered one if it is,
-    # else the newest such run, else a demo bundle; an unusable run is listed but never preselected.
-    usable = [c.key for c in choices if c.run is None or jobs.run_view(c.run).model.usable]
-    index = next((keys.index(w) for w in wanted if w in usable), keys.index(usable[0]) if usable else 0)
+    # The run or bundle this session chose (the address bar, the last run looked at, "Evaluate this run") is
+    # honoured; otherwise the default is a usable model (evaluated, better than the majority class): the newest
+    # such run, else a demo bundle. A run that is not usable is listed but never picked by default: with none
+    # usable, nothing is preselected.
+    usable = [c.key for c in choices if c.usable]
+    index = next((keys.index(w) for w in wanted if w in keys), keys.index(usable[0]) if usable else None)
     labels = {c.key: c.label for c in choices}
-    chosen = choices[keys.index(st.selectbox(label, keys, index=index, format_func=labels.get, key=key))]
+    picked = st.selectbox(label, keys, index=index, format_func=labels.get, key=key,
+                          placeholder="Choose a run: none has a model that is offered by default")
+    if picked is None:
+        st.info("No run has a usable model yet: each was stopped before it was evaluated, or scores no better than "
+                "always answering the commonest class. Choose one above to look at it anyway, or train again.")
+        return None
+    chosen = choices[keys.index(picked)]
     if chosen.run is not None:
         remember_run(chosen.run)
         if DEMO_PARAM in st.query_params:

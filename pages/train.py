@@ -14,8 +14,7 @@ from pages._common import (current_augmentation, current_workspace, device_info,
                            remember_run, require_train_profile, selected_run_id, show_error)
 
 POLL_SECONDS = 2.0
-SEEN_STATE_KEY = "train_seen_state"  # (run id, state) at the last redraw, to notice a run changing state
-ACTIVE_VIEW_STATES = ("queued", "running", "stopping")
+SEEN_STATE_KEY = "train_seen_state"  # (run id, state, active) at the last redraw, to notice a run changing state
 IMAGE_SIZES = [96, 128, 160, 192, 224, 240, 256, 260, 288, 300, 320, 380, 384, 456, 528, 600]
 LEARNING_RATES = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 DEFAULTS = TrainConfig()
@@ -88,8 +87,6 @@ def phase_steps(view: jobs.RunView) -> str:
     """'✓ Loading the backbone · ✓ Decoding images · ▸ Computing frozen-base features · ○ Fitting the head'."""
     marks = {"done": "✓", "running": "▸", "pending": "○"}
     phases = view.status.get("phases") or []
-    if view.state in ("succeeded",):
-        return ""
     return " · ".join(f"{marks.get(p.get('state'), '○')} {p.get('label')}" for p in phases)
 
 
@@ -101,9 +98,9 @@ def render_run(run_id: str) -> None:
         return
     view = jobs.run_view(run)
     seen = st.session_state.get(SEEN_STATE_KEY)
-    st.session_state[SEEN_STATE_KEY] = (run_id, view.state)
-    if seen is not None and seen[0] == run_id and seen[1] != view.state and seen[1] in ACTIVE_VIEW_STATES:
-        st.rerun()  # the run changed state: redraw the whole page, so the sidebar and Start agree with it
+    st.session_state[SEEN_STATE_KEY] = (run_id, view.state, view.active)
+    if seen is not None and seen[0] == run_id and seen[1] != view.state and seen[2]:
+        st.rerun()  # an active run changed state: redraw the whole page, so the sidebar and Start agree with it
     st.subheader(f"Run {run_id}")
     if view.active:
         st.progress(view.fraction, text=view.caption if view.state != "stopping" else view.headline)
@@ -156,16 +153,23 @@ def finished_run(run_id: str) -> None:
     render_run(run_id)
 
 
-def cache_section() -> None:
-    """The decoded-image cache: its size on disk, and a button to clear it."""
+def megabytes(size: int) -> str:
+    """1234567 -> '1.2 MB'; 123456789 -> '118 MB'."""
+    value = size / 1024**2
+    return f"{value:,.1f} MB" if value < 10 else f"{value:,.0f} MB"
+
+
+def cache_section(busy: bool) -> None:
+    """The decoded-image cache: its size on disk, and a button to clear it (not while a run may be reading it)."""
     folder = default_cache_dir(current_workspace(sync_address=False).runs_dir())
     size = cache_size(folder)
     left, right = st.columns([4, 1])
-    left.caption(f"Decoded-image cache: {size / 1024**2:,.0f} MB on disk. Training decodes each photo once into "
+    left.caption(f"Decoded-image cache: {megabytes(size)} on disk. Training decodes each photo once into "
                  "it (memory stays flat for large folders) and later runs on the same photos and size reuse it.")
-    if size and right.button("Clear the cache", icon=":material/delete_sweep:", key="clear_cache"):
+    if size and right.button("Clear the cache", icon=":material/delete_sweep:", key="clear_cache", disabled=busy,
+                             help="Available when no run is training."):
         freed = clear_cache(folder)
-        st.toast(f"Freed {freed / 1024**2:,.0f} MB.")
+        st.toast(f"Freed {megabytes(freed)}.")
         st.rerun()
 
 
@@ -207,7 +211,7 @@ if dataset is not None:
         if st.button("Start training", type="primary", icon=":material/play_arrow:",
                      disabled=active is not None or busy_elsewhere):
             start(values)
-        cache_section()
+        cache_section(busy=active is not None)
 
 shown = run_to_show()
 if shown is not None:

@@ -518,3 +518,37 @@ def test_classify_never_preselects_a_model_that_is_not_usable(workspace: Path) -
     picker = at.selectbox(key="classify_run")
     assert picker.value == "run-good"  # the newer run is listed but not the default
     assert "run-stopped" in picker.options[0] or any("run-stopped" in o for o in picker.options)
+
+
+def test_train_page_shows_the_image_cache_and_clears_it(workspace: Path) -> None:
+    at = app()
+    pick_folder(at)
+    at.switch_page("pages/train.py").run()
+    cache = workspace / "runs" / ".cache"  # the shared workspace's runs (see the fixture)
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "images-96px-3-abc.u8").write_bytes(b"\0" * 3 * 1024**2)
+    at.run()
+    assert "Decoded-image cache: 3.0 MB on disk" in texts(at)
+    next(b for b in at.button if b.label == "Clear the cache").click().run()
+    no_exceptions(at)
+    assert not (cache / "images-96px-3-abc.u8").exists()
+    assert "Decoded-image cache: 0.0 MB on disk" in texts(at)
+
+
+def test_a_run_chosen_explicitly_is_shown_even_if_not_usable_and_none_is_preselected_otherwise(
+        workspace: Path) -> None:
+    make_run(workspace / "runs", "run-stopped", state="stopped", evaluation=False)
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.run()
+    at.switch_page("pages/classify.py").run()
+    no_exceptions(at)
+    assert at.selectbox(key="classify_run").value is None  # listed, not offered by default
+    assert any("No run has a usable model yet" in i.value for i in at.info)
+    # "Evaluate this run" from the Train page: the run in the address bar is honoured
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params["run"] = "run-stopped"
+    at.run()
+    at.switch_page("pages/evaluate.py").run()
+    no_exceptions(at)
+    assert at.selectbox(key="evaluate_run").value == "run-stopped"
+    assert "has no evaluation yet" in texts(at)

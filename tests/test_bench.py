@@ -44,3 +44,28 @@ def test_reference_recipe_is_the_tutorial_recipe(flowers_dir):
     assert reference.resolved_image_size == 224
     default = default_config(str(flowers_dir), "efficientnet_lite0", 0)
     assert default.head_mode == "features" and default.resolved_image_size == 288
+
+
+def test_bench_scale_reports_memory_disk_and_phases_per_size(tmp_path):
+    result = run_cli("bench", "scale", "--sizes", "36", "72", "--work", str(tmp_path),
+                     "--train-args", "--image-size", "64")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert [row["images"] for row in report["rows"]] == [36, 72]
+    for row in report["rows"]:
+        assert row["peak_rss_mb"] > 100 and row["cache_mb"] >= 0 and 0 <= row["accuracy"] <= 1
+        assert set(row["phases"]) == {"prepare", "decode", "features", "head_fit", "save", "evaluate"}
+        assert row["phases"]["decode"]["unit"] == "images" and row["phases"]["features"]["per_s"] > 0
+    assert report["peak_rss_ratio_largest_over_smallest"] > 0
+    assert (tmp_path / "data-72").is_dir()  # generated data is kept in --work for the next measurement
+
+
+def test_generated_folders_have_the_asked_size_classes_and_imbalance(tmp_path):
+    from core.datasets import scan
+    from core.synthetic import make_dataset
+
+    dataset = scan(make_dataset(tmp_path / "even", 60))
+    assert dataset.report.usable_images == 60 and len(dataset.classes) == 6
+    skewed = scan(make_dataset(tmp_path / "skewed", 120, imbalance=0.5))
+    counts = [skewed.report.counts[c]["total"] for c in skewed.classes]
+    assert sum(counts) == 120 and max(counts) > 4 * min(counts)

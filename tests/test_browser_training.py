@@ -19,7 +19,7 @@ from core.progress import LABELS
 from tests.helpers_ui import (CHROMIUM, flowers_mini, go_to, launch_chromium, require, snapshot, streamlit_server,
                               wait_idle)
 
-THROTTLE_SECONDS = "2.2"
+THROTTLE_SECONDS = "3.0"
 PHASES = ["prepare", "decode", "features", "head_fit", "finetune", "save", "evaluate"]
 CLASSES = ("daisy", "roses", "tulips")
 

@@ -207,3 +207,43 @@ def _importable(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def _stop_in(phase: str, models: Path, flowers_dir: Path, extra: list[str]) -> RunDir:
+    """Train (each progress report held 1 s), request a stop as soon as the status shows `phase`."""
+    import subprocess
+    import sys
+    import time
+
+    run = RunDir(models / f"stop-in-{phase}")
+    run.path.mkdir(parents=True)
+    env = {**__import__("os").environ, "STUDIO_TRAIN_THROTTLE": "1.0"}
+    child = subprocess.Popen([sys.executable, "-m", "core", "--models-dir", str(models), "train", "--data",
+                              str(flowers_dir), "--run-id", run.run_id, *TINY, *extra], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None:
+        status = (run.read_status() or {}) if run.file("status.json").is_file() else {}
+        if status.get("phase") == phase and status.get("state") == "running":
+            run.request_stop()
+            break
+        time.sleep(0.1)
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err[-2000:]
+    return run
+
+
+@pytest.mark.parametrize("phase", ["features", "finetune", "evaluate"])
+def test_a_stop_keeps_only_what_was_trained_and_never_evaluates(phase, tmp_path, flowers_dir):
+    """features: no head yet, so no model; fine-tuning: the head's model is kept; evaluation: the model is kept
+    and no half-finished evaluation is written. Either way the run is stopped and not offered by default."""
+    from core import jobs
+
+    run = _stop_in(phase, tmp_path / "models", flowers_dir, ["--head-epochs", "1", "--finetune-epochs", "1"])
+    status = run.read_status()
+    assert status["state"] == "stopped" and status["stopped_in"] == phase
+    assert run.has_model() == (phase != "features")
+    assert run.read_evaluation() is None
+    epochs = [m for m in run.read_metrics() if m["kind"] == "epoch" and m["phase"] == "finetune"]
+    assert not epochs if phase == "finetune" else True  # a cut-short epoch is no point on the curves
+    assert not jobs.run_view(run).model.usable

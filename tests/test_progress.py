@@ -186,3 +186,31 @@ def test_progress_of_a_queued_and_a_finished_run() -> None:
                                        "phase_label": "Evaluating the best model", "done": 10, "total": 80,
                                        "unit": "images"})
     assert fraction == pytest.approx(0.05 + 0.95 * 0.97) and "10/80 images" in caption
+
+
+def test_the_ticker_refreshes_while_time_passes_and_never_after_it_is_closed() -> None:
+    import time as real_time
+
+    written: list[dict] = []
+    tracker = progress.Tracker([progress.Phase("prepare", 1, unit="steps")], written.append, throttle=0.0)
+    tracker.start("prepare")
+    ticks: list[int] = []
+    with progress.Ticker(tracker, interval=0.05, on_tick=lambda: ticks.append(1)):
+        real_time.sleep(0.4)
+    count = len(written)
+    assert count >= 4 and len(ticks) >= 4
+    tracker.refresh()  # what a ticker beat in flight would do after close: dropped
+    real_time.sleep(0.1)
+    assert len(written) == count
+    tracker.advance(1, force=True)  # the trainer itself still writes
+    assert len(written) == count + 1
+
+
+def test_a_phase_without_a_rate_counts_its_time_off_the_estimate() -> None:
+    clock = FakeClock()
+    tracker, _ = tracker_with([progress.Phase("prepare", 1, unit="steps", seconds_per_unit=6.0)], clock)
+    tracker.start("prepare")
+    clock.now += 4
+    assert tracker.eta() == pytest.approx(2.0)
+    clock.now += 10  # far past the prior: still a second left, never zero or negative while it runs
+    assert tracker.eta() == pytest.approx(1.0)

@@ -136,11 +136,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from core.jobs import run_state
+    from core.jobs import run_view
     from core.runs import RunDir
 
     run = RunDir.open(args.run, args.models_dir)
-    _print_json({"run": run.run_id, **run_state(run), "has_model": run.has_model()})
+    view = run_view(run)  # the same reading of the run as the app's pages
+    _print_json({"run": run.run_id, **view.status, "state": view.state, "headline": view.headline,
+                 "progress": round(view.fraction, 4), "has_model": view.has_model,
+                 "usable_model": view.model.usable, "model_note": view.model.reason})
     return 0
 
 

@@ -167,7 +167,9 @@ def test_a_stop_before_any_head_is_trained_saves_no_model_and_says_so(tmp_path, 
     view = jobs.run_view(run)
     assert view.state == "stopped" and not view.model.usable and "No model was saved" in view.headline
     shown = run_cli("--models-dir", str(models), "status", "stop-me")
-    assert shown.returncode == 0 and json.loads(shown.stdout)["state"] == "stopped"
+    report = json.loads(shown.stdout)
+    assert shown.returncode == 0 and report["state"] == "stopped" and report["usable_model"] is False
+    assert report["headline"] == view.headline and "No model was saved" in report["model_note"]
 
 
 def test_crash_leaves_failed_status_with_the_error(tmp_path, flowers_dir, monkeypatch):

@@ -4,20 +4,27 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
 
-.PHONY: run test install install-dev clean
+.PHONY: run test install install-dev install-plan clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Stamp files make installs happen once, and again whenever a requirements file changes.
-$(VENV)/.train-installed: $(VENV)/bin/python requirements.txt requirements-train.txt
-	$(PY) -m pip install --quiet -r requirements-train.txt
+# Stamp files make installs happen once, and again whenever a requirements file changes. Which files this machine
+# gets (the GPU wheels only where nvidia-smi lists a GPU; STUDIO_DEVICE=cpu forces the CPU plan) is decided by
+# core/installplan.py: `make install-plan` prints it without installing anything.
+$(VENV)/.train-installed: $(VENV)/bin/python requirements.txt requirements-train.txt requirements-gpu.txt core/installplan.py
+	@$(PYTHON) -m core.installplan train
+	$(PY) -m pip install --quiet $$($(PYTHON) -m core.installplan train --pip-args)
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.train-installed requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
+
+install-plan:
+	@$(PYTHON) -m core.installplan train
+	@echo "make test also installs: requirements-dev.txt"
 
 install: $(VENV)/.train-installed
 install-dev: $(VENV)/.dev-installed

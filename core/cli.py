@@ -147,6 +147,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from core.device import doctor
+
+    report = doctor(args.seconds)
+    _print_json(report)
+    if report["gpus_seen_by_driver"] and report["devices"][0]["kind"] != "gpu":
+        print(f"warning: nvidia-smi lists {len(report['gpus_seen_by_driver'])} GPU(s) but {report['backend']} "
+              "trains on the CPU: install the GPU wheels (make install-plan says which).", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from core import bench
 
@@ -199,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--bundle-format", default="tflite", help="the bundle's model format (default tflite)")
     export.add_argument("--data", help="the dataset's current location, if it moved since training")
     export.set_defaults(func=cmd_export)
+
+    doctor = sub.add_parser("doctor", help="what training runs on here (backend, devices, precision, XLA, versions) "
+                                           "and a few-second convolution test; prints JSON")
+    doctor.add_argument("--seconds", type=float, default=2.0, help="length of the convolution test (default 2 s)")
+    doctor.set_defaults(func=cmd_doctor)
 
     bench = sub.add_parser("bench", help="measure: loader | train | recipe throughput, scale (memory, disk, "
                                          "time per phase by dataset size), stop (seconds to stop in each phase)")

@@ -67,3 +67,116 @@ def precision_policy(setting: str, device: DeviceInfo) -> str:
 def use_xla(setting: str, device: DeviceInfo) -> bool:
     """XLA pays off on GPU; on CPU it mostly adds compile time, so it is off there unless asked for."""
     return setting == "on" or (setting == "auto" and device.accelerator == "gpu")
+
+
+# ----------------------------------------------------------------------------------------- doctor
+def gpu_memory_from_nvidia_smi() -> list[dict]:
+    """[{'name', 'memory_mb'}] per GPU as the driver reports it (empty without nvidia-smi)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        result = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                                capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = []
+    for line in result.stdout.splitlines() if result.returncode == 0 else []:
+        name, _, memory = line.rpartition(",")
+        try:
+            rows.append({"name": name.strip(), "memory_mb": int(float(memory))})
+        except ValueError:
+            continue
+    return rows
+
+
+def cpu_summary() -> dict:
+    """Cores and memory of this machine (Linux /proc; cores only elsewhere)."""
+    memory_mb = None
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):
+            if line.startswith("MemTotal:"):
+                memory_mb = int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return {"kind": "cpu", "name": f"CPU ({os.cpu_count()} cores)", "cores": os.cpu_count(), "memory_mb": memory_mb}
+
+
+def device_line(device: DeviceInfo | dict, policy: str, xla: bool) -> str:
+    """The sidebar's one line: 'Training on NVIDIA H200 · bfloat16 · XLA' or 'Training on CPU (2 cores): no GPU
+    found — see README'."""
+    info = device.to_dict() if isinstance(device, DeviceInfo) else device
+    if info.get("accelerator") != "gpu":
+        return f"Training on CPU ({os.cpu_count()} cores): no GPU found — see README"
+    count = int(info.get("count") or 1)
+    name = f"{count} x {info.get('name')}" if count > 1 else str(info.get("name"))
+    precision = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16", "float32": "float32"}.get(policy, policy)
+    return " · ".join([f"Training on {name}", precision] + (["XLA"] if xla else []))
+
+
+def smoke_test(seconds: float = 2.0) -> dict:
+    """A few seconds of 3x3 convolutions on a 224 px batch: where they ran and how fast (GFLOP/s)."""
+    import time
+
+    import keras
+    import numpy as np
+
+    batch, size, channels, filters = 8, 224, 32, 64
+    x = keras.ops.convert_to_tensor(np.random.default_rng(0).random((batch, size, size, channels), np.float32))
+    kernel = keras.ops.convert_to_tensor(np.random.default_rng(1).random((3, 3, channels, filters), np.float32))
+    out = keras.ops.conv(x, kernel, padding="same")  # the first call pays set-up and compilation
+    keras.ops.convert_to_numpy(out[0, 0, 0])
+    flops = 2 * batch * size * size * 9 * channels * filters
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        out = keras.ops.conv(x, kernel, padding="same")
+        keras.ops.convert_to_numpy(out[0, 0, 0])  # wait for the device
+        runs += 1
+    elapsed = time.perf_counter() - start
+    return {"op": f"conv 3x3, {batch}x{size}x{size}x{channels} -> {filters} channels, float32",
+            "ran_on": _placement(out), "runs": runs, "seconds": round(elapsed, 2),
+            "gflops_per_s": round(flops * runs / elapsed / 1e9, 1)}
+
+
+def _placement(tensor) -> str:
+    """Where a backend tensor lives: '/job:localhost/.../device:GPU:0', 'cuda:0', 'TFRT_CPU_0'…"""
+    device = getattr(tensor, "device", None)
+    if callable(device):
+        device = device()
+    if device is None and hasattr(tensor, "devices"):
+        device = ", ".join(str(d) for d in tensor.devices())
+    return str(device or "unknown")
+
+
+def doctor(smoke_seconds: float = 2.0) -> dict:
+    """What training would run on here, as JSON: backend, devices, precision policy, XLA, versions, a smoke test."""
+    import platform
+
+    import keras
+    import numpy as np
+
+    info = detect_device()
+    policy = precision_policy("auto", info)
+    xla = use_xla("auto", info)
+    if info.accelerator == "gpu":
+        reported = gpu_memory_from_nvidia_smi()
+        devices = [{"kind": "gpu", "name": info.name, "memory_mb": (reported[i]["memory_mb"] if i < len(reported)
+                                                                     else None),
+                    "compute_capability": info.compute_capability} for i in range(info.count)]
+    else:
+        devices = [cpu_summary()]
+    versions = {"python": platform.python_version(), "keras": keras.__version__, "numpy": np.__version__}
+    if info.backend == "tensorflow":
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__
+        versions["cuda_build"] = str(tf.sysconfig.get_build_info().get("cuda_version", "none"))
+    elif info.backend == "jax":
+        import jax
+
+        versions["jax"] = jax.__version__
+    return {"backend": info.backend, "devices": devices, "mixed_precision": policy, "xla": "on" if xla else "off",
+            "summary": device_line(info, policy, xla), "versions": versions,
+            "gpus_seen_by_driver": gpu_memory_from_nvidia_smi(), "smoke_test": smoke_test(smoke_seconds)}

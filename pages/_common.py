@@ -311,11 +311,12 @@ def sidebar() -> None:
         st.markdown("**train profile**: training available")
         st.caption("Compute")
         try:
-            device = device_info()
-            where = device["name"] if device["accelerator"] == "gpu" else "CPU only"
+            device = core_device.DeviceInfo(**device_info())
+            line = core_device.device_line(device, core_device.precision_policy("auto", device),
+                                           core_device.use_xla("auto", device))
         except Exception as err:  # a broken ML install must not hide the pages
-            where = f"unknown ({type(err).__name__})"
-        st.markdown(f"**Device:** {where}  \n**Backend:** {core_device.keras_backend()}")
+            line = f"Device unknown ({type(err).__name__}: {err})"
+        st.markdown(f"{line}  \n**Backend:** {core_device.keras_backend()}")
         st.caption("Dataset")
         path = current_dataset_path()
         st.markdown(f"`{path.name}`" if path else "none chosen")

@@ -128,7 +128,7 @@ def texts(at: AppTest) -> str:
 def test_every_page_renders_on_an_empty_workspace(workspace: Path) -> None:
     at = app()
     no_exceptions(at)
-    assert "Device:** CPU only" in "\n".join(m.value for m in at.sidebar.markdown)
+    assert f"Training on CPU ({os.cpu_count()} cores): no GPU found — see README" in _sidebar_texts(at)
     for page in PAGES:
         at.switch_page(page).run()
         no_exceptions(at)
@@ -552,3 +552,15 @@ def test_a_run_chosen_explicitly_is_shown_even_if_not_usable_and_none_is_presele
     no_exceptions(at)
     assert at.selectbox(key="evaluate_run").value == "run-stopped"
     assert "has no evaluation yet" in texts(at)
+
+
+@pytest.mark.parametrize("capability, line", [((9, 0), "Training on NVIDIA H200 · bfloat16 · XLA"),
+                                              ((7, 5), "Training on 2 x Tesla T4 · float16 · XLA")])
+def test_sidebar_says_what_training_runs_on_with_a_faked_gpu(workspace: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capability, line) -> None:
+    name, count = ("NVIDIA H200", 1) if capability >= (8, 0) else ("Tesla T4", 2)
+    monkeypatch.setattr("core.device.detect_device",
+                        lambda: DeviceInfo("tensorflow", "gpu", name, count, capability))
+    at = app()
+    no_exceptions(at)
+    assert line in _sidebar_texts(at)

@@ -249,3 +249,29 @@ def test_a_stop_keeps_only_what_was_trained_and_never_evaluates(phase, tmp_path,
     epochs = [m for m in run.read_metrics() if m["kind"] == "epoch" and m["phase"] == "finetune"]
     assert not epochs if phase == "finetune" else True  # a cut-short epoch is no point on the curves
     assert not jobs.run_view(run).model.usable
+
+
+def test_doctor_reports_the_cpu_and_a_real_convolution(tmp_path):
+    result = run_cli("doctor", "--seconds", "0.5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["backend"] == "tensorflow" and report["devices"][0]["kind"] == "cpu"
+    assert report["mixed_precision"] == "float32" and report["xla"] == "off"
+    assert report["summary"].startswith("Training on CPU (") and "no GPU found" in report["summary"]
+    smoke = report["smoke_test"]
+    assert "CPU" in smoke["ran_on"] and smoke["runs"] >= 1 and smoke["gflops_per_s"] > 0
+    assert report["versions"]["tensorflow"] and report["versions"]["keras"]
+
+
+def test_doctor_warns_when_the_driver_sees_a_gpu_that_training_does_not(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA H200, 143771'\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    import os
+
+    result = run_cli("doctor", "--seconds", "0.2", env={"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["gpus_seen_by_driver"] == [{"name": "NVIDIA H200", "memory_mb": 143771}]
+    assert "trains on the CPU: install the GPU wheels" in result.stderr

@@ -214,3 +214,17 @@ def test_a_phase_without_a_rate_counts_its_time_off_the_estimate() -> None:
     assert tracker.eta() == pytest.approx(2.0)
     clock.now += 10  # far past the prior: still a second left, never zero or negative while it runs
     assert tracker.eta() == pytest.approx(1.0)
+
+
+def test_device_line_names_the_gpu_precision_and_xla() -> None:
+    from core.device import DeviceInfo, device_line, precision_policy, use_xla
+
+    h200 = DeviceInfo("jax", "gpu", "NVIDIA H200", 1, (9, 0))
+    assert precision_policy("auto", h200) == "mixed_bfloat16" and use_xla("auto", h200)
+    assert device_line(h200, "mixed_bfloat16", True) == "Training on NVIDIA H200 · bfloat16 · XLA"
+    t4 = DeviceInfo("tensorflow", "gpu", "Tesla T4", 4, (7, 5))
+    assert precision_policy("auto", t4) == "mixed_float16"
+    assert device_line(t4, "mixed_float16", False) == "Training on 4 x Tesla T4 · float16"
+    cpu = DeviceInfo("tensorflow", "cpu", "CPU only", 1)
+    assert precision_policy("auto", cpu) == "float32" and not use_xla("auto", cpu)
+    assert device_line(cpu, "float32", False).endswith("no GPU found — see README")

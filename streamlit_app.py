@@ -16,5 +16,7 @@ page = st.navigation([
     st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:", default=serving),
     st.Page("pages/classify.py", title="Classify", icon=":material/image_search:"),
 ])
-sidebar()
+# The Train page draws the active run's progress itself, so there the sidebar names the run without a second,
+# separately refreshed progress bar that could disagree with it for a moment.
+sidebar(live_progress=page.url_path != "train")
 run_in_shell(page)

@@ -49,6 +49,9 @@ class Phase:
     done: float = 0.0
     started: float | None = None
     ended: float | None = None
+    # The first report of work done: the rate is measured from there on, because the first batch also pays
+    # one-time costs (tracing, compiling, warming caches) that would make every later estimate too long.
+    first_report: tuple[float, float] | None = None
 
     @property
     def label(self) -> str:
@@ -57,7 +60,10 @@ class Phase:
     def measured_seconds_per_unit(self, now: float) -> float | None:
         if self.started is None or self.done <= 0:
             return None
-        return ((self.ended or now) - self.started) / self.done
+        end = self.ended or now
+        if self.first_report is not None and self.done > self.first_report[1] and self.ended is None:
+            return (end - self.first_report[0]) / (self.done - self.first_report[1])
+        return (end - self.started) / self.done
 
 
 @dataclass
@@ -94,7 +100,7 @@ class Tracker:
         phase = self.phase(name)
         if total is not None:
             phase.total = total
-        phase.started, phase.done = self.clock(), 0.0
+        phase.started, phase.done, phase.first_report = self.clock(), 0.0, None
         self.current = phase
         self._write(force=True, **{"message": "", "phase_epochs": None, "phase_epoch": None, **fields})
         if self.throttle and not self.stopped:  # tests and demos: hold the phase on screen before its work
@@ -103,8 +109,11 @@ class Tracker:
 
     def advance(self, done: float, force: bool = False, **fields: Any) -> bool:
         """Report `done` units of the current phase; returns False once a stop was requested."""
-        if self.current is not None:
-            self.current.done = min(float(done), self.current.total) if self.current.total else float(done)
+        phase = self.current
+        if phase is not None:
+            phase.done = min(float(done), phase.total) if phase.total else float(done)
+            if phase.first_report is None and phase.done > 0:
+                phase.first_report = (self.clock(), phase.done)
         self._write(force=force, **fields)
         return not self.stop_requested()
 

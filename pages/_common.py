@@ -300,7 +300,7 @@ def need_dataset() -> Dataset | None:
 
 
 # ----------------------------------------------------------------------------------------- sidebar
-def sidebar() -> None:
+def sidebar(live_progress: bool = True) -> None:
     """Device, backend, current dataset and the active run, on every page."""
     current_workspace()  # issue or confirm this session's workspace id, and put it in the address bar
     with st.sidebar:
@@ -321,14 +321,18 @@ def sidebar() -> None:
         path = current_dataset_path()
         st.markdown(f"`{path.name}`" if path else "none chosen")
         st.caption("Training")
-        training_status()
+        training_status(live_progress)
 
 
-def training_status() -> None:
-    """The sidebar's run line, from core.jobs.run_view like the Train page; it polls while a run is active."""
+def training_status(live_progress: bool = True) -> None:
+    """The sidebar's run line, from core.jobs.run_view like the Train page; it polls while a run is active
+    (except on the Train page, which shows that run's progress itself and redraws everything when it ends)."""
     active = jobs.active_run(current_workspace(sync_address=False).runs_dir())
-    if active is not None:
+    if active is not None and live_progress:
         live_training_status(active.run_id)
+        return
+    if active is not None:
+        st.markdown(f"`{active.run_id}`  \n**{jobs.run_view(active).state}**: its progress is on this page")
         return
     latest = runs()[:1]
     if latest:

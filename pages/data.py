@@ -140,7 +140,7 @@ def report_section(path) -> None:
     upload_account(path)
     cols = st.columns(4)
     cols[0].metric("Classes", len(report.classes))
-    cols[1].metric("Usable images", report.usable_images)
+    cols[1].metric("Usable images", f"{report.usable_images:,}")
     cols[2].metric("Skipped or unreadable", len(report.skipped) + len(report.unreadable))
     cols[3].metric("Duplicate groups", len(report.duplicates))
     for message in report.errors:

@@ -111,23 +111,25 @@ def render_run(run_id: str) -> None:
             st.warning(view.stalled)
         if view.state == "stopping":
             st.info(view.headline, icon=":material/hourglass_top:")
-        elif st.button("Stop", icon=":material/stop_circle:", key="stop_run"):
-            jobs.stop(run)
-            st.rerun(scope="fragment")
+        else:
+            # on_click runs before the redraw, so the very next drawing already says "Stopping…"
+            st.button("Stop", icon=":material/stop_circle:", key="stop_run", on_click=jobs.stop, args=(run,))
     elif view.state == "failed":
         st.error(view.headline)
         with st.expander("End of the trainer's log"):
             st.code(jobs.log_tail(run, 40), language=None)
-    else:
+    epochs = charts.epoch_rows(run.read_metrics())
+    if not view.active and view.state != "failed":
         if view.model.usable:
             st.success(view.headline, icon=":material/check_circle:")
         else:
-            st.warning(view.headline + " Its logs and curves are kept below.", icon=":material/info:")
+            kept = " Its curves are kept below." if epochs else " Its log is kept in the run folder."
+            st.warning(view.headline + kept, icon=":material/info:")
         links = st.columns(4)
-        links[0].page_link("pages/evaluate.py", label="Evaluate this run", icon=":material/analytics:")
+        if view.has_model:  # only a run with a model can be picked on Evaluate
+            links[0].page_link("pages/evaluate.py", label="Evaluate this run", icon=":material/analytics:")
         if view.model.usable:
             links[1].page_link("pages/classify.py", label="Classify photos", icon=":material/image_search:")
-    epochs = charts.epoch_rows(run.read_metrics())
     if not epochs:
         if view.active:
             st.caption("Curves appear after the first head fit or epoch.")
@@ -200,7 +202,7 @@ if dataset is not None:
     else:
         device = device_info()
         st.markdown(f"Dataset **{Path(dataset.root).name}**: {len(dataset.classes)} classes, "
-                    f"{dataset.report.usable_images} images. Augmentation: "
+                    f"{dataset.report.usable_images:,} images. Augmentation: "
                     f"{describe_spec(resolve_spec(current_augmentation()))} (change it on the Augment page).")
         values = settings(dataset.root, device.get("accelerator", "cpu"))
         busy_elsewhere = active is None and jobs.slot_busy(workspace_dir())

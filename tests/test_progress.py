@@ -228,3 +228,14 @@ def test_device_line_names_the_gpu_precision_and_xla() -> None:
     cpu = DeviceInfo("tensorflow", "cpu", "CPU only", 1)
     assert precision_policy("auto", cpu) == "float32" and not use_xla("auto", cpu)
     assert device_line(cpu, "float32", False).endswith("no GPU found — see README")
+
+
+def test_the_rate_leaves_out_the_first_batch_and_its_one_time_costs() -> None:
+    clock = FakeClock()
+    tracker, _ = tracker_with([progress.Phase("features", 100)], clock)
+    tracker.start("features")
+    clock.now += 10  # the first batch of 10 images also traced and compiled the model
+    tracker.advance(10)
+    clock.now += 8  # then 1 s per 10 images
+    tracker.advance(90)
+    assert tracker.phase_eta(tracker.phase("features"), clock.now) == pytest.approx(1.0)

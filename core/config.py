@@ -34,7 +34,8 @@ class TrainConfig:
     backbone: str = DEFAULT_BACKBONE    # a name from core.backbones.BACKBONES
     weights: str | None = "imagenet"    # "imagenet" (pretrained) or None (random init, only when asked for)
     image_size: int | None = None       # pixels per side; None = the backbone's recipe size (Lite0: 288, else native)
-    batch_size: int = 32                # images per step
+    batch_size: int | None = None       # images per step per device; None = auto: 32 on a CPU, on a GPU the
+                                        # largest power of two that fits its memory (core.device.choose_batch_size)
     augmentation: Any = "light"         # preset name (none|light|seed) or an explicit albumentations spec list
     # Phase 1: the head on a frozen base.
     head_epochs: int = 15               # "images" mode: upper bound, early stopping ends sooner; "features" mode:
@@ -102,7 +103,7 @@ class TrainConfig:
             raise StudioError("No dataset given: set 'data' (or --data) to a folder of class folders.")
         get_backbone(self.backbone)
         checks = [
-            (self.batch_size >= 1, f"batch_size must be at least 1, not {self.batch_size}"),
+            (self.batch_size is None or self.batch_size >= 1, f"batch_size must be at least 1, not {self.batch_size}"),
             (self.head_epochs >= 0 and (self.finetune_epochs or 0) >= 0, "epochs cannot be negative"),
             (self.head_epochs + (self.finetune_epochs or 0) >= 1 or self.finetune_epochs is None,
              "at least one epoch (head or fine-tune) is needed"),

@@ -37,6 +37,7 @@ PHASE_HEAD, PHASE_FINETUNE = progress.HEAD_EPOCHS, progress.FINETUNE
 # top); only the first estimate uses it, the measured rate replaces it after the first batch.
 FINETUNE_COST = 3.5
 CPU_INFERENCE_BATCH = 8
+GPU_INFERENCE_BATCH = 256  # the last batch is padded to the full size (one trace): no need to go bigger
 HARD_STOP_GRACE = 2.0  # seconds a stop may wait for the next check before a trainer with no head ends itself
 
 
@@ -201,16 +202,22 @@ class Trainer:
         policy = precision_policy(config.mixed_precision, device)
         keras.config.set_dtype_policy(policy)
         self.jit = use_xla(config.xla, device)
+        from core.device import choose_batch_size, loader_workers
+
         self.parallel = data_parallel(config.data_parallel)
         replicas = self.parallel.replicas
-        # batch_size is per device; the linear scaling rule keeps the per-example step size the same.
-        self.global_batch = config.batch_size * replicas
+        self.size = config.resolved_image_size
+        # batch_size is per device (auto: from the device's memory); the linear scaling rule keeps the
+        # per-example step size the same.
+        self.per_device_batch = config.batch_size or choose_batch_size(device, self.size, policy)
+        self.global_batch = self.per_device_batch * replicas
+        self.workers = loader_workers(device)
         # Inference (features, evaluation) in small batches on a CPU: measured the same images/s at 8 as at 32
         # (Lite0, 288 px) and ~400 MB less peak memory, which is what lets trainer and server share a 2.7 GB box.
-        self.inference_batch = self.global_batch if device.accelerator == "gpu" else CPU_INFERENCE_BATCH * replicas
+        self.inference_batch = min(self.global_batch, GPU_INFERENCE_BATCH) if device.accelerator == "gpu" \
+            else CPU_INFERENCE_BATCH * replicas
         self.lr_scale = float(replicas)
         spec = resolve_spec(config.augmentation)
-        self.size = config.resolved_image_size
         finetune_epochs = config.resolved_finetune_epochs(device.accelerator)
         if config.head_epochs == 0 and finetune_epochs == 0:
             raise StudioError(f"Nothing to train: head_epochs is 0 and fine-tuning on a {device.accelerator.upper()} "
@@ -224,7 +231,8 @@ class Trainer:
                                             "device": device.to_dict(), "precision": policy, "xla": self.jit,
                                             "parallel": {"kind": self.parallel.kind, "replicas": replicas,
                                                          "devices": self.parallel.devices,
-                                                         "per_device_batch": config.batch_size,
+                                                         "per_device_batch": self.per_device_batch,
+                                                         "loader_workers": self.workers,
                                                          "global_batch": self.global_batch,
                                                          "learning_rate_scale": self.lr_scale},
                                             "counts": {k: len(v) for k, v in split.items()},
@@ -288,7 +296,8 @@ class Trainer:
         return ImageBatches(data.images[part], data.labels[part], len(data.classes), self.global_batch,
                             augment=self.augment if augment else None, shuffle=shuffle,
                             seed=self.config.seed + self.global_epoch, threads=self.config.threads,
-                            class_weights=self.sample_weights if part == "train" else None)
+                            class_weights=self.sample_weights if part == "train" else None,
+                            workers=self.workers, max_queue_size=2 * self.workers)
 
     def _compile(self, model, learning_rate: float) -> None:
         model.compile(optimizer=keras.optimizers.Adam(learning_rate * self.lr_scale),

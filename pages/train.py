@@ -46,7 +46,9 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
                                               "top of the backbone at a ~100x lower learning rate.")
     with st.expander("More settings"):
         a, b, c = st.columns(3)
-        batch_size = a.select_slider("Batch size", [4, 8, 16, 32, 64, 128], DEFAULTS.batch_size, key="batch_size")
+        batch_size = a.select_slider("Batch size (per device)", ["auto", 4, 8, 16, 32, 64, 128, 256, 512], "auto",
+                                     key="batch_size",
+                                     help="auto: 32 on a CPU; on a GPU the largest that fits its memory.")
         head_lr = a.select_slider("Head learning rate", LEARNING_RATES, DEFAULTS.head_lr, key="head_lr",
                                   format_func=lambda v: f"{v:g}",
                                   help="Adam's rate for head_mode 'images'; the default exact fit on cached "
@@ -61,7 +63,7 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
         class_weights = c.checkbox("Weight classes by inverse frequency", DEFAULTS.class_weights, key="class_weights")
         tta = c.checkbox("Mirror test-time augmentation", DEFAULTS.tta, key="tta")
         run_name = c.text_input("Run name (optional)", key="run_name")
-    return {"data": str(dataset_root), "backbone": backbone, "image_size": int(size), "batch_size": int(batch_size),
+    return {"data": str(dataset_root), "backbone": backbone, "image_size": int(size), "batch_size": None if batch_size == "auto" else int(batch_size),
             "head_epochs": int(head_epochs), "finetune_epochs": int(finetune_epochs), "head_lr": head_lr,
             "finetune_lr": finetune_lr, "unfreeze_stages": int(unfreeze), "early_stopping_patience": int(patience),
             "dropout": float(dropout), "label_smoothing": float(smoothing), "class_weights": bool(class_weights),

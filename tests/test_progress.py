@@ -239,3 +239,18 @@ def test_the_rate_leaves_out_the_first_batch_and_its_one_time_costs() -> None:
     clock.now += 8  # then 1 s per 10 images
     tracker.advance(90)
     assert tracker.phase_eta(tracker.phase("features"), clock.now) == pytest.approx(1.0)
+
+
+def test_the_batch_size_follows_the_device_memory_and_precision() -> None:
+    from core.device import DeviceInfo, choose_batch_size, loader_workers
+
+    cpu = DeviceInfo("tensorflow", "cpu", "CPU only", 1)
+    assert choose_batch_size(cpu, 288, "float32") == 32 and loader_workers(cpu) == 1
+    h200 = DeviceInfo("jax", "gpu", "NVIDIA H200", 1, (9, 0), memory_mb=143_771)
+    assert choose_batch_size(h200, 224, "mixed_bfloat16") == 512  # capped
+    t4 = DeviceInfo("tensorflow", "gpu", "Tesla T4", 1, (7, 5), memory_mb=15_360)
+    assert choose_batch_size(t4, 224, "mixed_float16") == 256  # 0.6 * 15,360 / 22 = 418
+    assert choose_batch_size(t4, 224, "float32") == 128  # / 40 = 230
+    assert choose_batch_size(t4, 456, "mixed_float16") == 64  # 4.1x the pixels of 224
+    assert choose_batch_size(DeviceInfo("tensorflow", "gpu", "GPU", 1), 224, "float32") == 64  # memory unknown
+    assert loader_workers(t4) >= 2

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
 
-.PHONY: run test install install-dev install-plan clean
+.PHONY: run test install install-dev install-plan gpu-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ run: $(VENV)/.train-installed
 
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest
+
+# One prepared check for a GPU machine (doctor, a throughput table, a fine-tune on the sample), written to
+# gpu-check/gpu-check.md. It uses .venv when there is one, else the system Python: the GPU machine has JAX and no
+# TensorFlow (core/gpucheck.py says what it needs). GPU_CHECK_ARGS=--quick runs tiny sizes (a check of the check).
+GPU_PY = $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) -m core.gpucheck $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -219,7 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure: loader | train | recipe throughput, scale (memory, disk, "
                                          "time per phase by dataset size), stop (seconds to stop in each phase)")
     bench.add_argument("what", choices=["loader", "train", "recipe", "scale", "stop"])
-    bench.add_argument("--data", default=None)
+    bench.add_argument("--data", default=None, help="loader, recipe: the image folder; train: also measure fine-tune "
+                                                     "steps fed by the real loader from it (real vs synthetic)")
+    bench.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto",
+                       help="train: precision policy (auto: mixed on a GPU; on: bfloat16 or float16 as the device has)")
+    bench.add_argument("--finetune-only", action="store_true",
+                       help="train: measure only the recipe's fine-tune steps (no frozen/unfrozen/inference rows)")
+    bench.add_argument("--synthetic", action="store_true",
+                       help="train: random tensors only (no decoding or augmentation), even with --data")
     bench.add_argument("--image-size", type=int, default=224)
     bench.add_argument("--batch-size", type=int, default=32)
     bench.add_argument("--backbone", default="efficientnet_b0")

@@ -65,10 +65,13 @@ def _jax_capability(device) -> tuple[int, int] | None:
 
 
 def precision_policy(setting: str, device: DeviceInfo) -> str:
-    """float32 on CPU; on GPU bfloat16 where the hardware has it (Ampere+, no loss scaling), else float16."""
+    """float32 on CPU (bfloat16 if asked for); on GPU bfloat16 where the hardware has it (Ampere+, no loss
+    scaling), else float16."""
     use_mixed = setting == "on" or (setting == "auto" and device.accelerator == "gpu")
     if not use_mixed:
         return "float32"
+    if device.accelerator != "gpu":  # asked for on a CPU: bfloat16, which CPUs compute natively; float16 they emulate
+        return "mixed_bfloat16"
     capability = device.compute_capability or (0, 0)
     return "mixed_bfloat16" if tuple(capability) >= (8, 0) else "mixed_float16"
 

@@ -69,3 +69,16 @@ def test_generated_folders_have_the_asked_size_classes_and_imbalance(tmp_path):
     skewed = scan(make_dataset(tmp_path / "skewed", 120, imbalance=0.5))
     counts = [skewed.report.counts[c]["total"] for c in skewed.classes]
     assert sum(counts) == 120 and max(counts) > 4 * min(counts)
+
+
+def test_bench_train_reports_real_against_synthetic_steps(small_dataset):
+    result = run_cli("bench", "train", "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "4",
+                     "--steps", "2", "--data", str(small_dataset), "--augmentation", "light")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["real_finetune_images_per_s"] > 0 and report["synthetic_finetune_images_per_s"] > 0
+    assert report["real_over_synthetic"] == report["real_finetune_images_per_s"] / \
+        report["synthetic_finetune_images_per_s"]
+    synthetic = run_cli("bench", "train", "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size",
+                        "4", "--steps", "2", "--data", str(small_dataset), "--synthetic")
+    assert synthetic.returncode == 0 and "real_over_synthetic" not in json.loads(synthetic.stdout)

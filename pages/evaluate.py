@@ -102,6 +102,9 @@ def single_run() -> None:
                 return
             st.rerun()
         return
+    verdict = jobs.model_verdict(run)
+    if not verdict.usable:  # chosen explicitly: say why it is not offered by default
+        st.warning(f"This run's model is not offered by default. {verdict.reason}", icon=":material/info:")
     summary(evaluation)
     confusion(evaluation)
     mistakes(evaluation)

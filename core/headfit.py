@@ -62,14 +62,53 @@ class FitStopped(Exception):
     """The caller's per-iteration callback asked to stop inside a fit."""
 
 
+ROWS_PER_CHUNK = 2048
+
+
+class Standardised:
+    """Features standardised on the fly, a chunk of rows at a time in float64: (x - mean) * scale.
+
+    Why: the fit needs float64 products, and a float64 standardised copy of every training feature costs 12 KB a
+    photo on top of the float32 features (~190 MB at 16,000 photos, ~470 MB at 40,000). Products computed chunk by
+    chunk give the same numbers with one 2,048-row chunk in float64 at a time.
+    """
+
+    def __init__(self, x: np.ndarray, mean: np.ndarray | None = None, scale: np.ndarray | None = None):
+        self.x = x
+        self.mean = None if mean is None else np.asarray(mean, np.float64)
+        self.scale = None if scale is None else np.asarray(scale, np.float64)
+        self.shape = x.shape
+
+    def _chunks(self):
+        for start in range(0, self.shape[0], ROWS_PER_CHUNK):
+            rows = np.asarray(self.x[start:start + ROWS_PER_CHUNK], dtype=np.float64)
+            if self.mean is not None:
+                rows = (rows - self.mean) * self.scale
+            yield start, rows
+
+    def __matmul__(self, kernel: np.ndarray) -> np.ndarray:
+        """z @ kernel, (N, C)."""
+        out = np.empty((self.shape[0], kernel.shape[1]), np.float64)
+        for start, rows in self._chunks():
+            out[start:start + len(rows)] = rows @ kernel
+        return out
+
+    def transposed_matmul(self, grad: np.ndarray) -> np.ndarray:
+        """z.T @ grad, (D, C)."""
+        out = np.zeros((self.shape[1], grad.shape[1]), np.float64)
+        for start, rows in self._chunks():
+            out += rows.T @ grad[start:start + len(rows)]
+        return out
+
+
 def fit_logistic(x: np.ndarray, labels: np.ndarray, num_classes: int, l2: float,
                  sample_weight: np.ndarray | None = None,
                  on_iteration: Callable[[int], bool] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Minimise mean weighted cross-entropy + l2/2 * |W|^2 (bias unpenalised). Returns (W, b, iterations).
 
     `on_iteration(iteration)` is called after each L-BFGS iteration; returning False raises FitStopped (a fit
-    cut short is no optimum, so it is not returned)."""
-    x = np.asarray(x, dtype=np.float64)
+    cut short is no optimum, so it is not returned). `x` may be a Standardised view of raw features."""
+    x = x if isinstance(x, Standardised) else Standardised(np.asarray(x, dtype=np.float64))
     n, dims = x.shape
     targets = np.eye(num_classes)[labels]
     weights = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
@@ -80,7 +119,7 @@ def fit_logistic(x: np.ndarray, labels: np.ndarray, num_classes: int, l2: float,
         probs = softmax(x @ kernel + bias)
         loss = -(weights * np.log(probs[np.arange(n), labels] + 1e-12)).sum() / n + 0.5 * l2 * (kernel ** 2).sum()
         grad_logits = (probs - targets) * weights[:, None] / n
-        grad = np.concatenate([(x.T @ grad_logits + l2 * kernel).ravel(), grad_logits.sum(axis=0)])
+        grad = np.concatenate([(x.transposed_matmul(grad_logits) + l2 * kernel).ravel(), grad_logits.sum(axis=0)])
         return float(loss), grad
 
     iterations = [0]
@@ -117,12 +156,12 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None,
     returning False ends the grid early (a stop request) and the best head so far is returned.
     `on_iteration(index, fraction)` is called within a fit (fraction of the iteration budget used); returning
     False abandons that fit and ends the grid: the best head of the finished fits is returned, None if none."""
-    # Moments and standardised features in float64 straight away: the fit needs float64, and making it here
-    # instead of from a float32 copy keeps one (N, D) array fewer in memory.
+    # Moments in float64; the features are standardised on the fly (Standardised), never copied whole.
     mean, variance = train_x.mean(axis=0, dtype=np.float64), train_x.var(axis=0, dtype=np.float64)
-    train_z = standardise(train_x, mean, variance, epsilon)
+    scale = 1.0 / np.sqrt(variance + epsilon)
+    train_z = Standardised(train_x, mean, scale)
     has_val = val_x is not None and val_y is not None and len(val_y) > 0
-    val_z = standardise(val_x, mean, variance, epsilon) if has_val else None
+    val_z = Standardised(val_x, mean, scale) if has_val else None
     grid = grid if has_val else (grid[len(grid) // 2],)
     best: tuple[float, LinearHead] | None = None
     trials: list[Trial] = []

@@ -77,3 +77,18 @@ def test_written_into_the_keras_head_the_model_predicts_exactly_the_fit():
     expected = softmax(standardise(features, head.mean, head.variance, epsilon) @ head.kernel + head.bias)
     got = keras.ops.convert_to_numpy(classifier(images, training=False))
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_standardising_on_the_fly_fits_the_same_head_as_a_standardised_copy():
+    from core.headfit import ROWS_PER_CHUNK, Standardised
+
+    x, y = _blobs(ROWS_PER_CHUNK // 2 + 7, 3, 16, 2.0, seed=6)  # more rows than one chunk
+    x = x * 7.0 + 3.0  # features far from standard, as pooled activations are
+    mean, variance = x.mean(axis=0, dtype=np.float64), x.var(axis=0, dtype=np.float64)
+    copy = standardise(x.astype(np.float64), mean, variance, 1e-3)
+    on_the_fly = Standardised(x, mean, 1.0 / np.sqrt(variance + 1e-3))
+    np.testing.assert_allclose(on_the_fly @ np.eye(16, 3), copy @ np.eye(16, 3), rtol=1e-12, atol=1e-12)
+    expected = fit_logistic(copy, y, 3, 0.03)
+    got = fit_logistic(on_the_fly, y, 3, 0.03)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-6, atol=1e-8)

@@ -21,6 +21,29 @@ ALLOWED_TRANSFORMS: dict[str, type] = {
 }
 GROUPS = {"OneOf": A.OneOf, "SomeOf": A.SomeOf}
 
+# Bounds on what a spec may ask for. A spec can come from a visitor's browser and its preview runs in the server
+# process, so no number in it may be large enough to take the server's memory or CPU: a RandomResizedCrop of
+# 12000x12000, an Affine scale of 30 with fit_output, or SomeOf with n=100000 each did. The limits are far above
+# anything useful for photos of at most 1,024 px (the largest training size).
+MAX_ENTRIES = 32           # transforms in a spec, groups' members included
+MAX_DEPTH = 3              # groups inside groups
+MAX_NUMBER = 1024          # any number in any parameter (sizes in pixels, counts, limits)
+PARAM_LIMITS: dict[tuple[str, str], tuple[float, float]] = {  # (transform, parameter) -> allowed range
+    ("RandomResizedCrop", "size"): (8, 1024),
+    ("Affine", "scale"): (0.1, 4.0),
+    ("ShiftScaleRotate", "scale_limit"): (-0.9, 3.0),
+    ("Rotate", "limit"): (-360, 360),
+    ("Affine", "rotate"): (-360, 360),
+    ("CoarseDropout", "num_holes_range"): (1, 64),
+    ("GaussianBlur", "blur_limit"): (0, 63),
+    ("MotionBlur", "blur_limit"): (3, 63),
+    ("GaussianBlur", "sigma_limit"): (0, 20),
+    ("CLAHE", "tile_grid_size"): (1, 32),
+    ("Perspective", "scale"): (0, 1),
+}
+FORBIDDEN_PARAMS = {("Affine", "fit_output"): "it makes the output larger than the photo",
+                    ("Perspective", "fit_output"): "it makes the output larger than the photo"}
+
 PRESETS: dict[str, list[dict[str, Any]]] = {
     "none": [],
     # Small geometric and photometric changes that keep every class recognisable.
@@ -63,7 +86,72 @@ def resolve_spec(spec: str | list[dict[str, Any]] | None) -> list[dict[str, Any]
 
 def build_pipeline(spec: list[dict[str, Any]], seed: int | None = None) -> A.Compose:
     """Build the albumentations pipeline once; raises StudioError naming the bad transform and parameter."""
+    check_bounds(spec)
     return A.Compose([_build_entry(entry, f"transform {i + 1}") for i, entry in enumerate(spec)], seed=seed)
+
+
+def check_bounds(spec: list[Any]) -> None:
+    """Refuse, with the transform and the limit named, a spec too big to be safe to run (see PARAM_LIMITS)."""
+    count = 0
+
+    def visit(entry: Any, where: str, depth: int) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_ENTRIES:
+            raise StudioError(f"Augmentation: more than {MAX_ENTRIES} transforms in one spec; use fewer.")
+        if not isinstance(entry, dict):
+            return  # _build_entry says what is wrong with it
+        name = entry.get("name")
+        params = entry.get("params") if isinstance(entry.get("params"), dict) else {}
+        for key, value in params.items():
+            if (name, key) in FORBIDDEN_PARAMS and value:
+                raise StudioError(f"Augmentation {where} ({name}): '{key}' is not allowed: "
+                                  f"{FORBIDDEN_PARAMS[(name, key)]}.")
+            low, high = PARAM_LIMITS.get((name, key), (-MAX_NUMBER, MAX_NUMBER))
+            for number in _numbers(value):
+                if not low <= number <= high:
+                    raise StudioError(f"Augmentation {where} ({name}): {key}={value!r} is out of range; each "
+                                      f"value must be from {low:g} to {high:g}.")
+        if name in GROUPS:
+            if depth > MAX_DEPTH:
+                raise StudioError(f"Augmentation {where} ({name}): groups may be nested {MAX_DEPTH} deep at most.")
+            children = entry.get("transforms") if isinstance(entry.get("transforms"), list) else []
+            n = params.get("n", 1)
+            if name == "SomeOf" and isinstance(n, (int, float)) and not 1 <= n <= len(children):
+                raise StudioError(f"Augmentation {where} (SomeOf): n={n!r} must be from 1 to the number of its "
+                                  f"transforms ({len(children)}).")
+            for j, child in enumerate(children):
+                visit(child, f"{where}.{j + 1}", depth + 1)
+
+    for i, entry in enumerate(spec):
+        visit(entry, f"transform {i + 1}", 1)
+
+
+def check_output_size(spec: list[dict[str, Any]], image_size: int) -> None:
+    """Training stacks augmented images into batches of one size: a crop to any other size cannot train."""
+    def visit(entry: dict[str, Any], where: str) -> None:
+        size = (entry.get("params") or {}).get("size")
+        if entry.get("name") == "RandomResizedCrop" and size is not None and list(size) != [image_size] * 2:
+            raise StudioError(f"Augmentation {where} (RandomResizedCrop): size={size} must equal the training "
+                              f"image size [{image_size}, {image_size}].")
+        for j, child in enumerate(entry.get("transforms") or []):
+            visit(child, f"{where}.{j + 1}")
+
+    for i, entry in enumerate(spec):
+        visit(entry, f"transform {i + 1}")
+
+
+def _numbers(value: Any) -> list[float]:
+    """Every number in a parameter value (a number, or a list/range of them); booleans are not numbers."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    if isinstance(value, (list, tuple)):
+        return [n for item in value for n in _numbers(item)]
+    if isinstance(value, dict):
+        return [n for item in value.values() for n in _numbers(item)]
+    return []
 
 
 def _build_entry(entry: Any, where: str) -> A.BasicTransform:
@@ -82,8 +170,15 @@ def _build_entry(entry: Any, where: str) -> A.BasicTransform:
         if not isinstance(children, list) or not children:
             raise StudioError(f"Augmentation {where} ({name}): needs a non-empty 'transforms' list.")
         built = [_build_entry(child, f"{where}.{j + 1}") for j, child in enumerate(children)]
-        params = dict(entry.get("params") or {})
-        return GROUPS[name](built, p=float(p), **params)
+        params = entry.get("params") or {}
+        if not isinstance(params, dict) or set(params) - {"n", "replace"}:
+            raise StudioError(f"Augmentation {where} ({name}): its 'params' may only hold 'n' (SomeOf) and "
+                              f"'replace', not {params!r}.")
+        try:
+            return GROUPS[name](built, p=float(p), **params)
+        except Exception as err:  # e.g. n given as text: a sentence, not a TypeError traceback
+            raise StudioError(f"Augmentation {where} ({name}): invalid parameters {params}: {_first_line(err)}") \
+                from None
     if name not in ALLOWED_TRANSFORMS:
         raise StudioError(f"Augmentation {where}: unknown transform '{name}'"
                           f"{_did_you_mean(name, list(ALLOWED_TRANSFORMS) + list(GROUPS))}.")

@@ -69,7 +69,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict(values)
     from core.augment import resolve_spec
 
-    resolve_spec(config.augmentation)  # fail on a bad spec before anything is created
+    from core.augment import check_output_size
+
+    check_output_size(resolve_spec(config.augmentation), config.resolved_image_size)  # before anything is created
     from core.train import run_training
 
     run = RunDir(Path(args.models_dir or _models_dir()) / args.run_id) if args.run_id else None

@@ -192,7 +192,7 @@ class Trainer:
 
     def _set_up(self, dataset: Dataset, split: dict[str, list[Sample]]) -> int:
         """Device, precision, parallelism; config.json, classes.json and split.json. Returns fine-tune epochs."""
-        from core.augment import build_pipeline, resolve_spec
+        from core.augment import build_pipeline, check_output_size, resolve_spec
         from core.device import detect_device, precision_policy, use_xla
 
         config = self.config
@@ -218,6 +218,7 @@ class Trainer:
             else CPU_INFERENCE_BATCH * replicas
         self.lr_scale = float(replicas)
         spec = resolve_spec(config.augmentation)
+        check_output_size(spec, self.size)
         finetune_epochs = config.resolved_finetune_epochs(device.accelerator)
         if config.head_epochs == 0 and finetune_epochs == 0:
             raise StudioError(f"Nothing to train: head_epochs is 0 and fine-tuning on a {device.accelerator.upper()} "

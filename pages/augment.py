@@ -91,6 +91,13 @@ st.markdown("Augmentation shows the model slightly changed copies of each traini
             "flower, not the photo. The spec chosen here is what training uses and is saved in the run.")
 dataset = need_dataset()
 saved = current_augmentation()
+try:
+    resolve_spec(saved)
+except StudioError as err:  # a spec saved before today's limits (or edited by hand): never run it again
+    st.warning(f"The saved augmentation was set back to the light preset: {err}", icon=":material/restart_alt:")
+    saved = "light"
+    current_workspace(sync_address=False).save_state(augmentation=saved)
+    st.session_state.pop("aug_mode", None)
 modes = list(PRESETS) + [CUSTOM]
 if "aug_mode" not in st.session_state:
     st.session_state["aug_mode"] = saved if isinstance(saved, str) and saved in PRESETS else CUSTOM

@@ -564,3 +564,17 @@ def test_sidebar_says_what_training_runs_on_with_a_faked_gpu(workspace: Path, mo
     at = app()
     no_exceptions(at)
     assert line in _sidebar_texts(at)
+
+
+def test_a_saved_hostile_augmentation_is_never_run_again(workspace: Path) -> None:
+    """A spec saved before the limits (a 12000 px crop once took the whole server) is set back, not previewed."""
+    from core.workspace import Workspace
+
+    at = app()
+    pick_folder(at)
+    Workspace.root().save_state(augmentation=[{"name": "RandomResizedCrop", "p": 1,
+                                               "params": {"size": [12000, 12000]}}])
+    at.switch_page("pages/augment.py").run()
+    no_exceptions(at)
+    assert any("set back to the light preset" in w.value and "from 8 to 1024" in w.value for w in at.warning)
+    assert Workspace.root().load_state()["augmentation"] == "light"

@@ -24,6 +24,14 @@ def model_sized(path: str) -> object:
         return None
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def preview_copies(path: str, spec_json: str, seed: int) -> list:
+    """Augmented copies of one preview image, cached: revisiting the page or re-running it with the same spec
+    and seed costs nothing (the spec's size is bounded by core.augment.check_bounds)."""
+    image = model_sized(path)
+    return augmented_copies(image, json.loads(spec_json), COPIES, seed=seed) if image is not None else []
+
+
 def custom_editor(saved: list) -> list:
     """Switches, probabilities and main parameters for each editable transform; returns the spec."""
     state = editable_state(saved)
@@ -76,7 +84,7 @@ def preview(dataset, spec: list) -> None:
         image = model_sized(str(dataset.root / rel))
         if image is None:
             continue
-        copies = augmented_copies(image, spec, COPIES, seed=seed) if spec else []
+        copies = preview_copies(str(dataset.root / rel), json.dumps(spec, sort_keys=True), seed) if spec else []
         captions = ["original"] + [f"augmented {i + 1}" for i in range(len(copies))]
         st.image([image] + copies, caption=captions, width=150)
 

@@ -63,6 +63,9 @@ class FitStopped(Exception):
 
 
 ROWS_PER_CHUNK = 2048
+# A float64 standardised copy is made when it takes at most this much (up to ~5,700 training photos of Lite0's
+# 1,472 features): products on it are about twice as fast as standardising on the fly. Beyond, memory wins.
+COPY_BUDGET_BYTES = 64 * 1024**2
 
 
 class Standardised:
@@ -156,12 +159,19 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None,
     returning False ends the grid early (a stop request) and the best head so far is returned.
     `on_iteration(index, fraction)` is called within a fit (fraction of the iteration budget used); returning
     False abandons that fit and ends the grid: the best head of the finished fits is returned, None if none."""
-    # Moments in float64; the features are standardised on the fly (Standardised), never copied whole.
+    # Moments in float64; small feature sets get a standardised float64 copy (fast), large ones are standardised
+    # on the fly a chunk at a time (Standardised), so memory stays flat in the number of photos.
     mean, variance = train_x.mean(axis=0, dtype=np.float64), train_x.var(axis=0, dtype=np.float64)
     scale = 1.0 / np.sqrt(variance + epsilon)
-    train_z = Standardised(train_x, mean, scale)
+
+    def prepared(x: np.ndarray):
+        if x.size * 8 <= COPY_BUDGET_BYTES:
+            return Standardised(standardise(np.asarray(x, np.float64), mean, variance, epsilon))
+        return Standardised(x, mean, scale)
+
+    train_z = prepared(train_x)
     has_val = val_x is not None and val_y is not None and len(val_y) > 0
-    val_z = Standardised(val_x, mean, scale) if has_val else None
+    val_z = prepared(val_x) if has_val else None
     grid = grid if has_val else (grid[len(grid) // 2],)
     best: tuple[float, LinearHead] | None = None
     trials: list[Trial] = []

@@ -92,3 +92,18 @@ def test_standardising_on_the_fly_fits_the_same_head_as_a_standardised_copy():
     got = fit_logistic(on_the_fly, y, 3, 0.03)
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(got[1], expected[1], rtol=1e-6, atol=1e-8)
+
+
+def test_large_feature_sets_are_fitted_without_a_float64_copy(monkeypatch):
+    """Above the copy budget the fit standardises on the fly; the head is the same as with a copy."""
+    import core.headfit as headfit
+
+    x, y = _blobs(60, 3, 10, 2.0, seed=7)
+    small = fit_head(x[:150], y[:150], x[150:], y[150:], 3, epsilon=1e-3)[0]
+    monkeypatch.setattr(headfit, "COPY_BUDGET_BYTES", 0)
+    made = []
+    original = headfit.standardise
+    monkeypatch.setattr(headfit, "standardise", lambda *a: made.append(1) or original(*a))
+    large = fit_head(x[:150], y[:150], x[150:], y[150:], 3, epsilon=1e-3)[0]
+    assert not made and large.l2 == small.l2
+    np.testing.assert_allclose(large.kernel, small.kernel, rtol=1e-6, atol=1e-8)

@@ -242,6 +242,30 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+def record_uploads(page) -> list[str]:
+    """The URLs of file uploads the page sends (Streamlit's PUT to /_stcore/upload_file), as they happen."""
+    uploads: list[str] = []
+    page.on("request", lambda r: uploads.append(r.url) if "/_stcore/upload_file" in r.url and r.method == "PUT"
+            else None)
+    return uploads
+
+
+def warm_up_with_a_small_folder(page, url: str, warm_up: Path, settle_seconds: float = 1.0) -> tuple[int, float]:
+    """Open the app and upload a small folder first, so the server has drawn a report once (charts, tables, image
+    decoding loaded): memory measured afterwards is what a big upload leaves behind. Returns (server pid, RSS MB)."""
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    wait_idle(page, timeout=120_000)
+    page.get_by_role("tab", name="Upload a folder").click()
+    folder_picker_input(page).set_input_files(str(warm_up))
+    expect(page.get_by_text("All 25 picked files arrived")).to_be_visible(timeout=120_000)
+    wait_idle(page)
+    pid = server_pid(url)
+    time.sleep(settle_seconds)
+    return pid, rss_mb(pid)
+
+
 def upload_bench(photos: int = 2010, size: int = 112, zip_first: bool = False) -> dict[str, float]:
     """The same generated folder (2,020 files, ~30 MB) through the folder picker and as a .zip, in one run, with
     the server's RSS before and after each upload: `.venv/bin/python -m tests.helpers_ui upload-bench [zip-first]`.
@@ -276,20 +300,8 @@ def upload_bench(photos: int = 2010, size: int = 112, zip_first: bool = False) -
         with streamlit_server(workspace, scratch_dir / "server.log") as url, sync_playwright() as p:
             browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            uploads = []
-            page.on("request", lambda r: uploads.append(r.url) if "/_stcore/upload_file" in r.url
-                    and r.method == "PUT" else None)
-            page.goto(url)
-            wait_idle(page, timeout=120_000)
-            # Warm up: a first small dataset loads what every report needs (charts, tables, image decoding), so
-            # "before" is a server that has shown a report, and the growth is what the big upload leaves behind.
-            page.get_by_role("tab", name="Upload a folder").click()
-            folder_picker_input(page).set_input_files(str(warm_up))
-            expect(page.get_by_text("All 25 picked files arrived")).to_be_visible(timeout=120_000)
-            wait_idle(page)
-            pid = server_pid(url)
-            time.sleep(2)
-            results["rss_before_mb"] = rss_mb(pid)
+            uploads = record_uploads(page)
+            pid, results["rss_before_mb"] = warm_up_with_a_small_folder(page, url, warm_up, settle_seconds=2)
 
             def settle() -> None:
                 os.sync()

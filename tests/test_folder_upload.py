@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.conftest import require
 from tests.helpers_ui import (ARTIFACTS, CHROMIUM, folder_picker_input, launch_chromium, make_photo_folder, rss_mb,
-                              server_pid, snapshot, streamlit_server, wait_idle)
+                              record_uploads, snapshot, streamlit_server, wait_idle, warm_up_with_a_small_folder)
 
 RSS_GROWTH_LIMIT_MB = 100  # the bound on what a 2,000-file upload may leave behind in the server
 
@@ -33,22 +33,10 @@ def test_a_2020_file_folder_arrives_whole_and_every_file_is_accounted_for(tmp_pa
         page.set_default_timeout(60_000)
         console: list[str] = []
         page.on("console", lambda message: console.append(message.text))
-        uploads: list[str] = []
-        page.on("request", lambda r: uploads.append(r.url) if "/_stcore/upload_file" in r.url and r.method == "PUT"
-                else None)
+        uploads = record_uploads(page)
         picker = page.frame_locator('iframe[title*="folder_picker"]')
         try:
-            page.goto(url)
-            wait_idle(page, timeout=120_000)
-            page.get_by_role("tab", name="Upload a folder").click()
-            # A small folder first, so the server has drawn a report once (charts, tables, image decoding
-            # loaded): the memory measured next is then what the big upload leaves behind.
-            folder_picker_input(page).set_input_files(str(warm_up))
-            expect(page.get_by_text("All 25 picked files arrived")).to_be_visible(timeout=120_000)
-            wait_idle(page)
-            pid = server_pid(url)
-            time.sleep(1)
-            rss_before = rss_mb(pid)
+            pid, rss_before = warm_up_with_a_small_folder(page, url, warm_up)
             uploads.clear()
 
             started = time.perf_counter()

@@ -78,6 +78,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if run is not None:
         run.path.mkdir(parents=True, exist_ok=True)
     run = run_training(config, run=run, models_dir=args.models_dir, exit_on_stop=True)
+    if run is None:  # one of several processes, not the first: that one wrote the run folder and prints it
+        print("this process trained its share; process 0 wrote the run folder", file=sys.stderr)
+        return 0
     print(run.path)
     return 0
 

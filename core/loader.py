@@ -63,11 +63,17 @@ class ImageBatches(_PyDataset):
     shuffles and augments the training split only.
 
     The last partial batch is kept (len = ceil(N / batch_size)), so no image is silently dropped.
+
+    With `shard=(index, count)` (one of several processes, core.distribute) each batch is this process's slice
+    of the global batch of `batch_size`: every process walks the same shuffled order (same seed) and yields the
+    same number of equal slices. The last global batch is padded to a multiple of `count` with rows of weight 0,
+    so its slices are equal too and no padding row counts in a loss or a metric.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
                  augment: Callable[..., dict] | None = None, shuffle: bool = False, seed: int = 0,
-                 threads: int | None = None, class_weights: np.ndarray | None = None, **pydataset_kwargs):
+                 threads: int | None = None, class_weights: np.ndarray | None = None,
+                 shard: tuple[int, int] = (0, 1), **pydataset_kwargs):
         super().__init__(**pydataset_kwargs)
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -75,6 +81,13 @@ class ImageBatches(_PyDataset):
         self.targets = one_hot(self.labels, num_classes)
         # Per-sample loss weights from class weights: works on every backend, unlike fit(class_weight=...).
         self.weights = None if class_weights is None else np.asarray(class_weights, np.float32)[self.labels]
+        self.shard_index, self.shard_count = shard
+        if not 0 <= self.shard_index < self.shard_count:
+            raise ValueError(f"shard {shard}: the index must be from 0 to count - 1")
+        if self.shard_count > 1 and int(batch_size) % self.shard_count:
+            raise ValueError(f"a batch of {batch_size} does not split over {self.shard_count} processes")
+        if self.shard_count > 1 and self.weights is None:
+            self.weights = np.ones(len(self.labels), np.float32)  # so padding rows can weigh 0
         self.batch_size, self.augment, self.shuffle = int(batch_size), augment, shuffle
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(images)) if shuffle else np.arange(len(images))
@@ -85,15 +98,29 @@ class ImageBatches(_PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        weights = None if self.weights is None else self.weights[rows]
+        if self.shard_count > 1:
+            rows, weights = self._local_slice(rows, weights)
         batch = take_rows(self.images, rows)  # a copy, so augmenting in place never touches the cache
         if self.augment is not None:
             def apply(i: int) -> None:
                 batch[i] = self.augment(image=batch[i])["image"]
 
             list(self.pool.map(apply, range(len(batch))))
-        if self.weights is not None:
-            return batch, self.targets[rows], self.weights[rows]
+        if weights is not None:
+            return batch, self.targets[rows], weights
         return batch, self.targets[rows]
+
+    def _local_slice(self, rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """This process's equal share of a global batch, the short last one padded (repeating its first row, at
+        weight 0) to a multiple of the process count."""
+        padding = -len(rows) % self.shard_count
+        if padding:
+            rows = np.concatenate([rows, np.repeat(rows[:1], padding)])
+            weights = np.concatenate([weights, np.zeros(padding, np.float32)])
+        share = len(rows) // self.shard_count
+        keep = slice(self.shard_index * share, (self.shard_index + 1) * share)
+        return rows[keep], weights[keep]
 
     def on_epoch_end(self) -> None:
         if self.shuffle:

@@ -102,27 +102,39 @@ def _stage(layer_name: str) -> int | None:
 
 
 def predict_in_batches(model: keras.Model, images, batch_size: int, tta: bool = False,
-                       on_batch: Callable[[int], None] | None = None, offset: int = 0) -> np.ndarray:
+                       on_batch: Callable[[int], None] | None = None, offset: int = 0,
+                       parallel=None) -> np.ndarray:
     """The model's outputs for uint8 images (an array or an on-disk ImageCache), one batch in memory at a time.
 
     Every call has the same shape (the last batch is padded), so the predict function is traced once; with `tta`
     each output is averaged with the mirrored image's. `on_batch(offset + images done)` follows each batch (it
-    may raise to stop).
+    may raise to stop). With a multi-process `parallel` (core.distribute) every process reads and computes only
+    its slice of each batch of `batch_size`, and all processes get every output.
     """
     from core.loader import take_rows
+
+    sharded = parallel is not None and parallel.multi_process
+    if sharded:
+        from core.distribute import sharded_forward
+
+        forward = sharded_forward(model, parallel)
+    else:
+        def forward(batch: np.ndarray) -> np.ndarray:
+            return np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(batch)), dtype=np.float32)
 
     total = len(images)
     out: np.ndarray | None = None  # filled in place: one (N, outputs) array, no list of batches to join
     for start in range(0, total, batch_size):
         rows = np.arange(start, min(start + batch_size, total))
-        batch = take_rows(images, rows)
-        if len(batch) < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)])
-        values = np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(batch)), dtype=np.float32)
+        if sharded:  # pad with a real row (its output is dropped), then read only this process's slice
+            batch = take_rows(images, parallel.local_slice(np.pad(rows, (0, batch_size - len(rows)), mode="edge")))
+        else:
+            batch = take_rows(images, rows)
+            if len(batch) < batch_size:
+                batch = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)])
+        values = forward(batch)
         if tta:
-            mirrored = np.ascontiguousarray(batch[:, :, ::-1])
-            values = (values + np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(mirrored)),
-                                          np.float32)) / 2
+            values = (values + forward(np.ascontiguousarray(batch[:, :, ::-1]))) / 2
         if out is None:
             out = np.empty((total, *values.shape[1:]), dtype=np.float32)
         out[start:start + len(rows)] = values[:len(rows)]

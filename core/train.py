@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import signal
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -28,7 +30,8 @@ import numpy as np
 from core import StudioError, progress
 from core.config import TrainConfig
 from core.datasets import Dataset, Sample, scan, split_samples, split_to_json
-from core.distribute import data_parallel, prepare_devices
+from core.distribute import (Parallelism, any_process, cluster_from_env, data_parallel, leave_distribution,
+                             prepare_devices)
 from core.imagecache import ImageCache, StopRequested, default_cache_dir, max_cache_bytes, open_or_build, prune
 from core.runs import MODEL, RunDir
 
@@ -131,7 +134,9 @@ class Trainer:
         self.exit_on_stop = exit_on_stop  # the trainer process may end itself on a stop with nothing to keep
         self.stop_seen_at: float | None = None
         self.cache_dir = Path(cache_dir or default_cache_dir(run.path.parent))
-        self.stop_signalled = False
+        self.stop_signalled = False  # a stop file or SIGTERM seen by this process
+        self.stop_agreed = False  # several processes: a stop any of them saw, agreed at the same step by all
+        self.parallel = Parallelism(None, 1, "single", [])
         self.best_val_loss = float("inf")
         self.unsaved_best = False
         self.save_each_improvement = True
@@ -158,6 +163,10 @@ class Trainer:
         except StopRequested:
             self.stopped_in = self._current_phase()
         self._save_best()
+        if self.parallel.multi_process:
+            leave_distribution()  # the chief scores the saved model alone; the others are done
+            if not self.parallel.is_chief:
+                return None
         if self._stop_now() or data is None:
             self.stopped_in = self.stopped_in or self._current_phase()
             return None
@@ -177,7 +186,7 @@ class Trainer:
         """On the ticker thread: a stop was asked, no head exists yet (so nothing could be kept), and the main
         thread has not reached its next stop check within HARD_STOP_GRACE s (it is inside one long call, such as
         building the backbone or compiling the first step). End the trainer process now, saying so."""
-        if not self.exit_on_stop or self.head_ready or not self._stop_now():
+        if not self.exit_on_stop or self.parallel.multi_process or self.head_ready or not self._stop_now():
             return
         now = time.monotonic()
         self.stop_seen_at = self.stop_seen_at or now
@@ -216,6 +225,8 @@ class Trainer:
         # (Lite0, 288 px) and ~400 MB less peak memory, which is what lets trainer and server share a 2.7 GB box.
         self.inference_batch = min(self.global_batch, GPU_INFERENCE_BATCH) if device.accelerator == "gpu" \
             else CPU_INFERENCE_BATCH * replicas
+        processes = self.parallel.process_count  # several processes split every batch evenly
+        self.inference_batch = max(processes, self.inference_batch - self.inference_batch % processes)
         self.lr_scale = float(replicas)
         spec = resolve_spec(config.augmentation)
         check_output_size(spec, self.size)
@@ -235,7 +246,8 @@ class Trainer:
                                                          "per_device_batch": self.per_device_batch,
                                                          "loader_workers": self.workers,
                                                          "global_batch": self.global_batch,
-                                                         "learning_rate_scale": self.lr_scale},
+                                                         "learning_rate_scale": self.lr_scale,
+                                                         "processes": self.parallel.process_count},
                                             "counts": {k: len(v) for k, v in split.items()},
                                             "cache_dir": str(self.cache_dir)},
                                "versions": library_versions()})
@@ -298,6 +310,7 @@ class Trainer:
                             augment=self.augment if augment else None, shuffle=shuffle,
                             seed=self.config.seed + self.global_epoch, threads=self.config.threads,
                             class_weights=self.sample_weights if part == "train" else None,
+                            shard=(self.parallel.process_index, self.parallel.process_count),
                             workers=self.workers, max_queue_size=2 * self.workers)
 
     def _compile(self, model, learning_rate: float) -> None:
@@ -332,9 +345,10 @@ class Trainer:
         self.tracker.start(progress.FEATURES)
         start = time.perf_counter()
         batch = self.inference_batch
-        train_x = predict_in_batches(extract, train, batch, on_batch=self._advance_or_stop)
-        val_x = predict_in_batches(extract, val, batch, on_batch=self._advance_or_stop, offset=len(train)) \
-            if len(val) else None
+        train_x = predict_in_batches(extract, train, batch, on_batch=self._inference_batch_done,
+                                     parallel=self.parallel)
+        val_x = predict_in_batches(extract, val, batch, on_batch=self._inference_batch_done, offset=len(train),
+                                   parallel=self.parallel) if len(val) else None
         elapsed = time.perf_counter() - start
         self.tracker.finish(progress.FEATURES)
         n_images = len(train) + len(val)
@@ -345,6 +359,11 @@ class Trainer:
     def _advance_or_stop(self, done: int) -> None:
         if not self.tracker.advance(done):
             raise StopRequested()
+
+    def _inference_batch_done(self, done: int) -> None:
+        """After each batch of a pass every process makes (so a stop is agreed there)."""
+        self.sync_stop()
+        self._advance_or_stop(done)
 
     def _fit_head_on_features(self, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None,
                               val_y: np.ndarray, num_classes: int) -> None:
@@ -377,7 +396,12 @@ class Trainer:
         self.tracker.finish(progress.HEAD_FIT)
         if head is None:  # stopped inside the first fit
             raise StopRequested()
-        write_linear_head(self.model, head.mean, head.variance, head.kernel, head.bias)
+        weights = (head.mean, head.variance, head.kernel, head.bias)
+        if self.parallel.multi_process:  # identical replicas: every process takes the chief's head
+            from jax.experimental import multihost_utils
+
+            weights = tuple(np.asarray(w) for w in multihost_utils.broadcast_one_to_all(weights))
+        write_linear_head(self.model, *weights)
         self.head_ready = True
         best = next(t for t in trials if t.l2 == head.l2)
         self.run.log_metrics({"kind": "head_fit", "phase": PHASE_HEAD, "l2": head.l2,
@@ -389,9 +413,23 @@ class Trainer:
             raise StopRequested()
 
     def _stop_now(self) -> bool:
+        """Whether to stop. One process: a stop file or SIGTERM seen now. Several: only the stop they agreed on at
+        the last `sync_stop`, so that no process leaves a step the others are still in."""
         if self.run.stop_requested():
             self.stop_signalled = True
-        return self.stop_signalled
+        return self.stop_agreed if self.parallel.multi_process else self.stop_signalled
+
+    def sync_stop(self) -> None:
+        """Several processes: agree on a stop any of them saw. Called at the same step on every process (batch
+        ends), never from the ticker thread."""
+        if self.parallel.multi_process and not self.stop_agreed:
+            if self.run.stop_requested():
+                self.stop_signalled = True
+            self.stop_agreed = any_process(self.stop_signalled, self.parallel)
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop_agreed if self.parallel.multi_process else self.stop_signalled
 
     def _finetune(self, data: PreparedData, epochs: int) -> None:
         """Phase 2: unfreeze the top stages (BatchNorm stays frozen) and continue at a much lower rate."""
@@ -418,6 +456,7 @@ class Trainer:
         if self._stop_now():  # compiling the first step can take a while: don't start it for nothing
             raise StopRequested()
         model.fit(epochs=epochs, callbacks=callbacks, verbose=0, **fit_args)
+        self.sync_stop()
         self.tracker.finish(phase)
         self.phase_ended()
         if self._stop_now():
@@ -450,7 +489,8 @@ class Trainer:
         self.tracker.finish(progress.SAVE)
 
     def _save_model(self, model) -> None:
-        """Save atomically: a reader never sees half a model.keras."""
+        """Save atomically: a reader never sees half a model.keras. With several processes every one saves (saving
+        reads the replicated variables, a step all processes take together); the others into their scratch folder."""
         final = self.run.file(MODEL)
         temporary = self.run.file(".model.partial.keras")
         try:
@@ -499,6 +539,7 @@ class RunLogger(keras.callbacks.Callback):
         return self.trainer.tracker.advance(done, force=force, **fields)
 
     def on_train_batch_end(self, batch, logs=None):
+        self.trainer.sync_stop()
         steps = self.params.get("steps") or 0
         now = time.perf_counter()
         seen = min((batch + 1) * self.images_per_step, self.train_images)
@@ -511,6 +552,7 @@ class RunLogger(keras.callbacks.Callback):
 
     def on_test_batch_end(self, batch, logs=None):
         """Validation at an epoch's end: counted in the bar, and a stop ends it too."""
+        self.trainer.sync_stop()
         checked = min((batch + 1) * self.images_per_step, self.val_images)
         if not self._report(self.train_images + checked, message="validating", step=self.params.get("steps") or 0):
             self.model.stop_training = True
@@ -542,12 +584,13 @@ def _learning_rate(model) -> float | None:
 
 def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Path | None = None,
                  split: dict[str, list[Sample]] | None = None, cache_dir: Path | None = None,
-                 exit_on_stop: bool = False) -> RunDir:
+                 exit_on_stop: bool = False) -> RunDir | None:
     """Validate, create the run folder, train, evaluate. Status ends as succeeded, stopped or failed.
 
     `split` overrides the dataset's own split (the recipe benchmark holds out a fixed test set this way);
     `cache_dir` holds decoded images (default: `.cache` beside the run folders). `exit_on_stop` (the trainer
-    process of `python -m core train`) lets a stop with nothing to keep end the process at once.
+    process of `python -m core train`) lets a stop with nothing to keep end the process at once. A process other than the first of a
+    multi-process run (core.distribute) trains its share, writes nothing and returns None.
     """
     config.validate()
     if run is not None:  # the app's queued run: say what the trainer is doing before its first phase
@@ -559,6 +602,18 @@ def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Pat
         if run is not None:  # the UI made the folder already: record why it failed
             run.set_status("failed", error=str(err), finished=time.time())
         raise
+    cluster = cluster_from_env()
+    if cluster is not None and cluster.process_id > 0:
+        # Not the chief of several processes: it computes, but the chief writes the run folder; this one keeps
+        # its status, metrics and decoded images in a scratch folder of its own, removed when it ends.
+        scratch = Path(tempfile.mkdtemp(prefix=f"studio-process-{cluster.process_id}-"))
+        try:
+            trainer = Trainer(config, RunDir.create(scratch), scratch / ".cache")
+            _install_stop_signal(trainer)
+            trainer.fit(dataset, split)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return None
     run = run or RunDir.create(models_dir)
     trainer = Trainer(config, run, cache_dir, exit_on_stop=exit_on_stop)
     previous = _install_stop_signal(trainer)
@@ -572,9 +627,9 @@ def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Pat
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    final = "stopped" if trainer.stop_signalled else "succeeded"
+    final = "stopped" if trainer.stopped else "succeeded"
     run.set_status(final, finished=time.time(), phase="done", message="", eta_seconds=0, fraction=1.0,
-                   stopped_in=trainer.stopped_in if trainer.stop_signalled else None)
+                   stopped_in=trainer.stopped_in if trainer.stopped else None)
     return run
 
 

@@ -15,6 +15,7 @@ page = st.navigation([
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:", default=serving),
     st.Page("pages/classify.py", title="Classify", icon=":material/image_search:"),
+    st.Page("pages/workspace.py", title="Workspace", icon=":material/inventory_2:"),
 ])
 # The Train page draws the active run's progress itself, so there the sidebar names the run without a second,
 # separately refreshed progress bar that could disagree with it for a moment.

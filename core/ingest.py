@@ -4,7 +4,9 @@ Uploads come from a browser, so every name is treated as hostile: absolute paths
 bombs are refused, names are cleaned of characters no file system should get, and system clutter (`__MACOSX/`,
 `.DS_Store`) is left out. Every name is checked before the first byte is written, and files are written into a
 temporary folder beside the target that is renamed at the end, so a refused or failed upload leaves nothing
-behind. The folder is named after the upload plus a hash of its content, so uploading the same data twice
+behind. Zip entries are streamed to disk a megabyte at a time, with the running total checked against the
+upload limit and the visitor's quota (core.workspace, hosted mode) before each chunk is kept: no entry is ever
+whole in memory, and a zip whose headers lie about its sizes is stopped at the limit, not after it. The folder is named after the upload plus a hash of its content, so uploading the same data twice
 reuses one folder and never changes the files an earlier run was trained on.
 """
 
@@ -26,7 +28,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 from core import StudioError
 from core.datasets import IGNORED_NAMES
-from core.workspace import datasets_dir, safe_name
+from core.workspace import datasets_dir, safe_name, workspace_of
 
 # Defaults; each can be changed per deployment with the environment variable named beside it.
 MAX_FILES = 50_000                 # STUDIO_MAX_UPLOAD_FILES: files in one upload (folder or zip)
@@ -37,6 +39,7 @@ MAX_DEPTH = 32                     # folders inside folders; deeper trees are no
 MAX_PART_BYTES = 150               # one file or folder name, in UTF-8 bytes (file systems allow 255)
 FREE_SPACE_MARGIN = 64 * 1024**2   # keep this much disk free after unpacking, for run folders and logs
 COMPLETE_MARKER = ".studio-complete"
+COPY_CHUNK = 1024**2               # bytes read from a zip entry and written at a time
 
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')  # control characters, and what Windows refuses
 
@@ -178,7 +181,8 @@ def ingest_files(files: Sequence[tuple[str, bytes]], name: str | None = None,
     for rel, data in sorted(files, key=lambda f: f[0]):
         digest.update(rel.encode("utf-8", "surrogatepass") + b"\0" + hashlib.blake2b(data).digest())
     label = name or common_top_folder([f[0] for f in files]) or "upload"
-    entries = [(path, (lambda d=data: d)) for path, (_, data) in zip(planned, files) if path is not None]
+    entries = [(path, rel, (lambda handle, budget, d=data: _write_bytes(handle, d, budget)))
+               for path, (rel, data) in zip(planned, files) if path is not None]
     return _materialise(entries, label, digest.hexdigest(), destination, total)
 
 
@@ -200,7 +204,8 @@ def ingest_zip(source: bytes | BinaryIO | Path, name: str = "upload", destinatio
             members = _checked_members(archive, shown)
             planned = plan_paths([info.filename for info in members])
             label = Path(name).stem if name.lower().endswith(".zip") else name
-            entries = [(path, (lambda i=info: _read_member(archive, i, shown)))
+            entries = [(path, info.filename, (lambda handle, budget, i=info: _copy_member(archive, i, shown,
+                                                                                           handle, budget)))
                        for path, info in zip(planned, members) if path is not None]
             return _materialise(entries, label, digest, destination, sum(i.file_size for i in members))
 
@@ -258,19 +263,52 @@ def _checked_members(archive: zipfile.ZipFile, name: str) -> list[zipfile.ZipInf
     return infos
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> bytes:
-    """One entry's bytes; zipfile never returns more than the declared (already capped) size."""
+class OverBudget(Exception):
+    """Writing the next chunk would pass what this upload may still write (said by _materialise)."""
+
+
+def _write_bytes(handle: BinaryIO, data: bytes, budget: int) -> int:
+    if len(data) > budget:
+        raise OverBudget()
+    handle.write(data)
+    return len(data)
+
+
+def _copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, handle: BinaryIO, budget: int) -> int:
+    """Stream one entry into `handle` a chunk at a time, never past `budget` bytes; returns the bytes written.
+    zipfile stops at the declared size and checks the CRC at the end, so a lying header fails here."""
+    written = 0
     try:
-        return archive.read(info)
+        with archive.open(info) as source:
+            while chunk := source.read(COPY_CHUNK):
+                written += len(chunk)
+                if written > budget:
+                    raise OverBudget()
+                handle.write(chunk)
+    except (OverBudget, OSError):
+        raise
     except Exception as err:  # BadZipFile (CRC), zlib.error, NotImplementedError (method), EOFError, ...
         raise StudioError(f"{name}: the entry {_shown(info.filename)} cannot be unpacked "
                           f"({type(err).__name__}: {str(err)[:120]}); zip the folder again.") from None
+    return written
 
 
-def _materialise(entries: Iterable[tuple[PurePosixPath, Callable[[], bytes]]], label: str, digest: str,
+Writer = Callable[[BinaryIO, int], int]  # (open file, bytes it may still write) -> bytes written
+
+
+def _materialise(entries: Iterable[tuple[PurePosixPath, str, Writer]], label: str, digest: str,
                  destination: Path | None, expected_bytes: int) -> Path:
-    """Write entries into `<destination>/<label>-<digest>/` via a temporary folder; reuse it if complete."""
+    """Write entries (clean path, name as uploaded, writer) into `<destination>/<label>-<digest>/` via a temporary
+    folder; reuse it if complete. The bytes written so far are checked against the upload limit and the visitor's
+    quota before each chunk is kept."""
     parent = Path(destination or datasets_dir())
+    visitor = workspace_of(parent)
+    quota_left = visitor.quota_left() if visitor is not None else None
+    limit = upload_limits().max_total_bytes
+    budget, rule, advice = limit, f"the {_size(limit)} limit on one upload (total size limit)", "upload less"
+    if quota_left is not None and quota_left < budget:
+        budget, rule = quota_left, f"the {_size(quota_left)} left of your workspace's quota"
+        advice = "delete datasets or runs you no longer need on the Workspace page, or upload less"
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -278,6 +316,9 @@ def _materialise(entries: Iterable[tuple[PurePosixPath, Callable[[], bytes]]], l
     target = parent / f"{safe_name(label)}-{digest[:8]}"
     if (target / COMPLETE_MARKER).is_file():
         return target  # the same content was uploaded before
+    if expected_bytes > budget:
+        raise StudioError(f"The upload unpacks to {_size(expected_bytes)}, over {rule}; nothing was kept: "
+                          f"{advice}.")
     free = shutil.disk_usage(parent).free
     if expected_bytes + FREE_SPACE_MARGIN > free:
         raise StudioError(f"Not enough disk space for this upload: it needs {_size(expected_bytes)} and "
@@ -287,13 +328,19 @@ def _materialise(entries: Iterable[tuple[PurePosixPath, Callable[[], bytes]]], l
         staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=parent))
         inside = staging.resolve()
         written = 0
-        for clean, read in entries:
+        total = 0
+        for clean, uploaded_name, write in entries:
             out = staging / clean
             if not out.resolve().is_relative_to(inside):  # belt and braces: plan_paths already refused this
                 raise StudioError(f"The upload holds the path '{clean}', which points outside its folder.")
             out.parent.mkdir(parents=True, exist_ok=True)
             with open(out, "xb") as handle:  # never follows or replaces anything already there
-                handle.write(read())
+                try:
+                    total += write(handle, budget - total)
+                except OverBudget:
+                    raise StudioError(f"The upload passed {rule} while unpacking {_shown(uploaded_name)} (it "
+                                      f"holds more than its headers declared); nothing was kept: {advice}.") \
+                        from None
             written += 1
         if not written:
             raise StudioError("The upload holds no usable files; it needs one sub-folder of images per class.")

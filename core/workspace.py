@@ -9,6 +9,11 @@ itself, for a team that wants to see each other's runs. The module-level helpers
 
 The remembered state (current dataset, augmentation spec) lives in a small JSON file in the workspace rather
 than in the browser session, so a reload or a second tab of the same workspace sees the same choices.
+
+Hosted mode (STUDIO_HOSTED=1, docs/deploy.md) bounds what one visitor can keep: a disk quota per session folder
+(STUDIO_VISITOR_QUOTA_MB, checked while an upload is written and before a run starts), and session folders idle
+longer than STUDIO_IDLE_HOURS are removed. A session folder is created only when something is first written to
+it, so a visit that only looks leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,12 @@ SHARED_ENV = "STUDIO_SHARED_WORKSPACE"
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 # Run ids and dataset folder names the UI accepts from the address bar: one plain name, never a path.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+HOSTED_ENV = "STUDIO_HOSTED"
+QUOTA_ENV = "STUDIO_VISITOR_QUOTA_MB"
+IDLE_ENV = "STUDIO_IDLE_HOURS"
+HOSTED_QUOTA_MB = 1024  # per visitor in hosted mode: a few thousand photos and a handful of runs
+HOSTED_IDLE_HOURS = 24.0
+LAST_SEEN = ".last-seen"  # touched on each visit to a session folder that exists; its age is the idle time
 
 
 def workspace_dir() -> Path:
@@ -42,6 +55,53 @@ def workspace_dir() -> Path:
 def shared_workspace() -> bool:
     """True when STUDIO_SHARED_WORKSPACE asks every session to share the root workspace."""
     return os.environ.get(SHARED_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hosted_mode() -> bool:
+    """True on a public demo (STUDIO_HOSTED=1): per-visitor quota, idle clean-up and training limits apply."""
+    return _flag(HOSTED_ENV)
+
+
+def _env_number(name: str, default: float | None) -> float | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise StudioError(f"{name}={value!r} is not a number; set it to e.g. {default or 1024:g}.") from None
+    if not number > 0:
+        raise StudioError(f"{name}={value!r} must be above 0.")
+    return number
+
+
+def visitor_quota_bytes() -> int | None:
+    """Bytes one session folder may hold: STUDIO_VISITOR_QUOTA_MB, 1,024 MB by default in hosted mode, else none."""
+    megabytes = _env_number(QUOTA_ENV, HOSTED_QUOTA_MB if hosted_mode() else None)
+    return None if megabytes is None else int(megabytes * 1024**2)
+
+
+def idle_seconds_allowed() -> float | None:
+    """How long an untouched session folder is kept: STUDIO_IDLE_HOURS, 24 h by default in hosted mode."""
+    hours = _env_number(IDLE_ENV, HOSTED_IDLE_HOURS if hosted_mode() else None)
+    return None if hours is None else hours * 3600
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of every regular file below `folder` (links not followed); 0 when it does not exist."""
+    total = 0
+    for dirpath, _, filenames in os.walk(folder):
+        for filename in filenames:
+            try:
+                info = os.lstat(os.path.join(dirpath, filename))
+            except OSError:  # removed while walking
+                continue
+            total += info.st_size
+    return total
 
 
 def new_session_id() -> str:
@@ -76,14 +136,47 @@ class Workspace:
             return cls.root()
         if not valid_session_id(session_id):
             raise StudioError("The workspace id in the address is not valid; open the app's start page again.")
-        path = workspace_dir() / SESSIONS / str(session_id)
-        path.mkdir(parents=True, exist_ok=True)
-        return cls(path)
+        # Not created here: a visit that only looks leaves nothing; writers create what they write into.
+        return cls(workspace_dir() / SESSIONS / str(session_id))
 
     def _sub(self, name: str) -> Path:
+        """A sub-folder's path; created only for the root workspace (sessions create theirs when writing)."""
         path = self.path / name
-        path.mkdir(parents=True, exist_ok=True)
+        if not self.is_session:
+            path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @property
+    def is_session(self) -> bool:
+        return self.path.parent.name == SESSIONS
+
+    def touch(self) -> None:
+        """Mark a visit, for idle clean-up (only where the folder exists: looking creates nothing)."""
+        if self.is_session and self.path.is_dir():
+            try:
+                (self.path / LAST_SEEN).touch()
+            except OSError:
+                pass
+
+    def usage_bytes(self) -> int:
+        """What this workspace holds on disk (datasets, runs, their files)."""
+        return folder_bytes(self.path)
+
+    def quota_left(self) -> int | None:
+        """Bytes this session may still write under the visitor quota; None when there is no quota (the root
+        workspace, or not hosted)."""
+        quota = visitor_quota_bytes()
+        if quota is None or not self.is_session:
+            return None
+        return max(0, quota - self.usage_bytes())
+
+    def check_quota(self, what: str) -> None:
+        """Refuse to start `what` (a training run, an upload) when the quota is already used up."""
+        left = self.quota_left()
+        if left is not None and left <= 0:
+            quota = visitor_quota_bytes() or 0
+            raise StudioError(f"Your workspace is full ({quota / 1024**2:.0f} MB per visitor), so {what} cannot "
+                              "start. Delete datasets or runs you no longer need on the Workspace page.")
 
     def datasets_dir(self) -> Path:
         """Where uploaded datasets are unpacked, one folder each."""
@@ -121,6 +214,7 @@ class Workspace:
         """Merge `updates` into the remembered state (atomic write) and return the new state."""
         state = {**self.load_state(), **updates}
         try:
+            self.path.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.path / STATE_FILE, state)
         except OSError as err:
             raise StudioError(f"Could not save your choices in {self.path} ({err.strerror or err}); free some "
@@ -151,7 +245,105 @@ def save_state(**updates: Any) -> dict[str, Any]:
     return Workspace.root().save_state(**updates)
 
 
+def workspace_of(path: Path | str) -> Workspace | None:
+    """The session workspace a path lies in (`<root>/sessions/<id>/...`), or None."""
+    sessions = (workspace_dir() / SESSIONS).resolve()
+    try:
+        relative = Path(path).resolve().relative_to(sessions)
+    except ValueError:
+        return None
+    return Workspace(sessions / relative.parts[0]) if relative.parts and valid_session_id(relative.parts[0]) \
+        else None
+
+
+def _has_active_run(folder: Path) -> bool:
+    """A run in this workspace still running (its trainer alive): never removed from under it."""
+    from core.jobs import active_run
+
+    try:
+        return active_run(folder / "runs") is not None
+    except Exception:  # a damaged run folder must not keep a whole workspace forever, nor stop the sweep
+        return False
+
+
+def remove_idle_workspaces(now: float | None = None, idle_seconds: float | None = None) -> list[Path]:
+    """Delete session folders untouched for longer than the idle limit (none without one) and with no active
+    run; return what was removed. Cheap enough to call once per new visit."""
+    limit = idle_seconds if idle_seconds is not None else idle_seconds_allowed()
+    sessions = workspace_dir() / SESSIONS
+    if limit is None or not sessions.is_dir():
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for folder in sessions.iterdir():
+        if not folder.is_dir() or not valid_session_id(folder.name):
+            continue
+        marker = folder / LAST_SEEN
+        try:
+            seen = (marker if marker.exists() else folder).stat().st_mtime
+        except OSError:
+            continue
+        if now - seen > limit and not _has_active_run(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def safe_name(text: str, fallback: str = "dataset") -> str:
     """A folder-name-safe version of `text` (letters, digits, '-', '_', '.'), at most 60 characters."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:60]
     return cleaned or fallback
+
+
+# ----------------------------------------------------------------------------------------- visitor's own files
+@dataclass(frozen=True)
+class Holding:
+    """One thing a workspace keeps on disk, as the Workspace page lists it."""
+
+    kind: str  # "dataset" or "run"
+    name: str
+    path: Path
+    bytes: int
+    busy: bool  # a run still training, or a dataset such a run reads: not deletable now
+
+
+def holdings(workspace: Workspace) -> list[Holding]:
+    """The workspace's datasets and runs with their sizes, largest first."""
+    from core.ingest import list_datasets
+    from core.jobs import active_run
+    from core.runs import list_runs
+
+    runs_folder = workspace.path / "runs"
+    try:
+        active = active_run(runs_folder) if runs_folder.is_dir() else None
+    except Exception:  # a damaged run folder: nothing counts as busy, deleting it is the way out
+        active = None
+    busy_data = _data_of(active) if active is not None else None
+    items = [Holding("dataset", folder.name, folder, folder_bytes(folder),
+                     busy_data is not None and busy_data.is_relative_to(folder.resolve()))
+             for folder in list_datasets(workspace.path / "datasets")]
+    items += [Holding("run", run.path.name, run.path, folder_bytes(run.path),
+                      active is not None and run.path == active.path)
+              for run in (list_runs(runs_folder) if runs_folder.is_dir() else [])]
+    return sorted(items, key=lambda h: h.bytes, reverse=True)
+
+
+def _data_of(run: RunDir) -> Path | None:
+    try:
+        data = run.read_config().get("data")
+    except Exception:
+        return None
+    return Path(data).resolve() if isinstance(data, str) and data else None
+
+
+def delete_holding(workspace: Workspace, holding: Holding) -> None:
+    """Delete one of the workspace's own datasets or runs; refuse anything outside it or still in use."""
+    path = Path(holding.path)
+    if not workspace.contains(path) or path.resolve() == workspace.path.resolve() or path.is_symlink():
+        raise StudioError(f"{holding.name} is not in your workspace, so it cannot be deleted here.")
+    current = next((h for h in holdings(workspace) if h.path == path), None)
+    if current is None:
+        return  # already gone (a second click, another tab)
+    if current.busy:
+        raise StudioError(f"{holding.name} is in use by a training run; stop the run first, then delete it.")
+    shutil.rmtree(path)

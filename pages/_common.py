@@ -15,8 +15,8 @@ from core.datasets import Dataset, scan
 from core.images import ImageError
 from core.ingest import fingerprint
 from core.runs import RunDir, list_runs
-from core.workspace import (SESSIONS, Workspace, is_plain_name, new_session_id, shared_workspace, valid_session_id,
-                            workspace_dir)
+from core.workspace import (SESSIONS, Workspace, is_plain_name, new_session_id, remove_idle_workspaces,
+                            shared_workspace, valid_session_id, workspace_dir)
 
 RUN_PARAM = "run"  # ?run=<id> in the address bar reattaches a reload or a second tab to a run
 DEMO_PARAM = "demo"  # ?demo=<bundle file name>: the demo bundle Evaluate/Classify show, kept across reloads
@@ -77,9 +77,17 @@ def current_workspace(sync_address: bool = True) -> Workspace:
         from_address = st.query_params.get(WORKSPACE_PARAM)
         session_id = from_address if valid_session_id(from_address) else new_session_id()
         st.session_state[WORKSPACE_KEY] = session_id
+        Workspace.for_session(session_id).touch()  # a visit: resets its idle clock (creates nothing)
+        sweep_idle_workspaces()
     if sync_address and st.query_params.get(WORKSPACE_PARAM) != session_id:
         st.query_params[WORKSPACE_PARAM] = session_id
     return Workspace.for_session(session_id)
+
+
+@st.cache_data(ttl=600, show_spinner=False)
+def sweep_idle_workspaces() -> int:
+    """Remove visitors' folders idle past STUDIO_IDLE_HOURS (hosted mode): at most once per 10 minutes per server."""
+    return len(remove_idle_workspaces())
 
 
 def allowed_dataset(path: Path) -> bool:

@@ -4,6 +4,7 @@ A workspace run classifies with its Keras model (heatmaps included); a demo bund
 core.bundle.BundleClassifier, whose preprocessing is core.predict.Classifier's own, so the answers are the same.
 """
 
+import re
 import time
 
 import pandas as pd
@@ -11,41 +12,38 @@ import streamlit as st
 
 from core import StudioError, charts
 from core.cam import heatmap_for
-from core.images import IMAGE_EXTENSIONS, ImageError, decode_image
+from core.images import IMAGE_EXTENSIONS
+from core.predict import MAX_PHOTOS_PER_BATCH, NamedPhoto, decode_uploads, result_rows, results_csv
+from core.safetext import markdown_literal, plain
 from pages._common import ensure_app_shell, load_bundle, load_classifier, no_model_message, pick_model, show_error
 
 IMAGE_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]
 MAX_DETAILED = 12  # photos shown with chart and heatmap; the table lists all of them
+NAME_CHARS = 60  # longer names are cut in the middle on the page; the full name is in the tooltip
 
 
-def read_uploads(uploads) -> tuple[list[tuple[str, object]], list[str]]:
-    """Decoded (name, image) pairs and one message per unreadable upload (which never stops the rest)."""
-    images, problems = [], []
-    for upload in uploads:
-        try:
-            images.append((upload.name, decode_image(upload.getvalue(), upload.name)))
-        except ImageError as err:
-            problems.append(str(err))
-    return images, problems
+def code_literal(name: str) -> str:
+    """A name as inline code: Markdown shows a code span verbatim (no emphasis, math or HTML), and the name stays
+    readable as typed, dots and dashes included. The fence is longer than any run of backticks in the name."""
+    text = plain(name)
+    fence = "`" * (1 + max([0] + [len(run) for run in re.findall(r"`+", text)]))
+    return f"{fence} {text} {fence}" if text.startswith("`") or text.endswith("`") else f"{fence}{text}{fence}"
 
 
-def results_table(names: list[str], results: list[list[dict]]) -> pd.DataFrame:
-    """One row per photo: predicted class, confidence and the top-k as text."""
-    return pd.DataFrame([{"file": name, "predicted": top[0]["class"], "confidence": round(top[0]["probability"], 4),
-                          "top_k": "; ".join(f"{t['class']} {t['probability']:.3f}" for t in top)}
-                         for name, top in zip(names, results)])
-
-
-def show_one(classifier, name: str, image, top: list[dict], with_heatmap: bool) -> None:
+def show_one(classifier, item: NamedPhoto, top: list[dict], with_heatmap: bool) -> None:
     """The photo, its heatmap for the predicted class, and the top-k bars."""
-    st.markdown(f"**{name}**: {top[0]['class']} ({top[0]['probability']:.1%})")
+    label = markdown_literal(top[0]["class"], NAME_CHARS)
+    st.markdown(f"**{markdown_literal(item.name, NAME_CHARS)}**: {label} ({top[0]['probability']:.1%})",
+                help=markdown_literal(item.name) if len(plain(item.name)) > NAME_CHARS else None)
     cols = st.columns([1, 1, 2])
-    cols[0].image(image, caption="photo", width="stretch")
+    cols[0].image(item.photo.thumbnail, caption="photo", width="stretch")
     if with_heatmap:
-        index = classifier.classes.index(top[0]["class"])
-        overlay = heatmap_for(classifier.model, image, index, classifier.image_size)
-        cols[1].image(overlay, caption=f"where it saw {top[0]['class']}", width="stretch")
-    cols[2].plotly_chart(charts.top_k_figure(top), key=f"topk_{name}")
+        class_index = classifier.classes.index(top[0]["class"])
+        # Computed from the model's own input (what it classified); shown at that size, stretched.
+        overlay = heatmap_for(classifier.model, item.photo.model_input, class_index, classifier.image_size)
+        cols[1].image(overlay, caption=f"where it saw {label}", width="stretch")
+    # Keyed by position: two uploads may share a name (IMG_0001.jpg from two folders).
+    cols[2].plotly_chart(charts.top_k_figure(top), key=f"topk_{item.position}")
 
 
 ensure_app_shell()
@@ -60,12 +58,13 @@ except StudioError as err:
     show_error(err)
     st.stop()
 except Exception as err:  # a damaged file, or code in it that Keras safe mode refuses to run: say so, don't crash
-    st.error(f"The model of {choice.name} cannot be loaded ({type(err).__name__}: {str(err)[:300]}). "
+    st.error(f"The model of {markdown_literal(choice.name)} cannot be loaded ({type(err).__name__}: {str(err)[:300]}). "
              "Pick another one, or train again.")
     st.stop()
 # Heatmaps read the Keras model's feature map; an exported model (a demo bundle) has no Keras model to ask.
 can_heatmap = choice.run is not None
-st.caption(f"{len(classifier.classes)} classes: {', '.join(classifier.classes)} · input {classifier.image_size} px")
+class_list = ", ".join(markdown_literal(name, NAME_CHARS) for name in classifier.classes)
+st.caption(f"{len(classifier.classes)} classes: {class_list} · input {classifier.image_size} px")
 controls = st.columns([3, 1, 1])
 uploads = controls[0].file_uploader("Photos to classify", type=IMAGE_TYPES, accept_multiple_files=True,
                                     key="photos")
@@ -81,20 +80,25 @@ if controls[2].toggle("Use the camera", key="use_camera"):
     shot = st.camera_input("Take a photo")
     uploads = list(uploads or []) + ([shot] if shot is not None else [])
 
-images, problems = read_uploads(uploads or [])
-for problem in problems:
-    st.warning(f"Skipped: {problem}")
-if images:
+uploads = list(uploads or [])
+# Decoded straight to the model's input size and a preview (never the full-size photo), within the batch's limits.
+batch = decode_uploads(uploads, classifier.image_size, thumbnails=MAX_DETAILED)
+if batch.not_classified:
+    st.warning(f"{MAX_PHOTOS_PER_BATCH} photos are classified at a time: the last {batch.not_classified} of the "
+               f"{len(uploads)} uploaded were not classified. Remove some and classify the rest in another batch.")
+for name, reason in batch.problems:
+    st.warning(f"Skipped {code_literal(name)}: {markdown_literal(reason)}")
+if batch.photos:
     started = time.perf_counter()
-    results = classifier.classify_arrays([image for _, image in images], top_k=int(top_k))
+    results = classifier.classify_arrays([item.photo.model_input for item in batch.photos], top_k=int(top_k))
     seconds = time.perf_counter() - started
-    names = [name for name, _ in images]
-    st.caption(f"Classified {len(images)} photo(s) in {seconds:.2f} s.")
-    table = results_table(names, results)
-    st.dataframe(table, hide_index=True, width="stretch")
-    st.download_button("Download results as CSV", table.to_csv(index=False).encode("utf-8"),
-                       file_name=f"predictions-{choice.name}.csv", mime="text/csv", icon=":material/download:")
-    for (name, image), top in list(zip(images, results))[:MAX_DETAILED]:
-        show_one(classifier, name, image, top, heatmaps)
-    if len(images) > MAX_DETAILED:
+    st.caption(f"Classified {len(batch.photos)} photo(s) in {seconds:.2f} s.")
+    rows = result_rows([item.name for item in batch.photos], results)
+    # A dataframe cell is plain text (no Markdown); the CSV's text cells are neutralised for spreadsheets.
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.download_button("Download results as CSV", results_csv(rows), file_name=f"predictions-{choice.name}.csv",
+                       mime="text/csv", icon=":material/download:")
+    for item, top in list(zip(batch.photos, results))[:MAX_DETAILED]:
+        show_one(classifier, item, top, heatmaps)
+    if len(batch.photos) > MAX_DETAILED:
         st.caption(f"Charts and heatmaps are shown for the first {MAX_DETAILED} photos; the table has them all.")

@@ -136,6 +136,13 @@ class Trainer:
         self.cache_dir = Path(cache_dir or default_cache_dir(run.path.parent))
         self.stop_signalled = False  # a stop file or SIGTERM seen by this process
         self.stop_agreed = False  # several processes: a stop any of them saw, agreed at the same step by all
+        # Hosted mode (core.hosting): a run past its wall-time limit stops like a Stop click, then is evaluated.
+        from core.hosting import run_time_limit_seconds
+
+        self.time_limit = run_time_limit_seconds()
+        self.deadline = None if self.time_limit is None else time.monotonic() + self.time_limit
+        self.time_limited = False
+        self.final_evaluation = False
         self.parallel = Parallelism(None, 1, "single", [])
         self.best_val_loss = float("inf")
         self.unsaved_best = False
@@ -167,12 +174,22 @@ class Trainer:
             leave_distribution()  # the chief scores the saved model alone; the others are done
             if not self.parallel.is_chief:
                 return None
+        if self.time_limited and not self.stop_signalled and data is not None and self.head_ready:
+            # The time limit ended training, not the visitor: score the model kept, as a finished run would be.
+            self.final_evaluation, self.tracker.stopped = True, False
+            self.run.log_metrics({"kind": "time_limit", "seconds": self.time_limit, "stopped_in": self.stopped_in})
+            try:
+                return self._evaluate(data)
+            except StopRequested:
+                self.stopped_in = self._current_phase()
+                return None
         if self._stop_now() or data is None:
             self.stopped_in = self.stopped_in or self._current_phase()
             return None
         if not self.head_ready:  # e.g. every validation loss was NaN: there is no model to evaluate or keep
             raise StudioError("Training ended without a usable model: no epoch reached a finite validation loss. "
                               "Try a lower learning rate, or check the images.")
+        self.final_evaluation = True  # training is over: a time limit reached now no longer cuts anything short
         try:
             return self._evaluate(data)
         except StopRequested:
@@ -417,7 +434,14 @@ class Trainer:
         the last `sync_stop`, so that no process leaves a step the others are still in."""
         if self.run.stop_requested():
             self.stop_signalled = True
-        return self.stop_agreed if self.parallel.multi_process else self.stop_signalled
+        if self._past_deadline():
+            self.time_limited = True
+        local = self.stop_signalled or (self.time_limited and not self.final_evaluation)
+        return self.stop_agreed if self.parallel.multi_process else local
+
+    def _past_deadline(self) -> bool:
+        """Hosted mode: training has run past its wall-time limit (the final evaluation is never cut short)."""
+        return self.deadline is not None and not self.final_evaluation and time.monotonic() > self.deadline
 
     def sync_stop(self) -> None:
         """Several processes: agree on a stop any of them saw. Called at the same step on every process (batch
@@ -425,11 +449,13 @@ class Trainer:
         if self.parallel.multi_process and not self.stop_agreed:
             if self.run.stop_requested():
                 self.stop_signalled = True
-            self.stop_agreed = any_process(self.stop_signalled, self.parallel)
+            if self._past_deadline():
+                self.time_limited = True
+            self.stop_agreed = any_process(self.stop_signalled or self.time_limited, self.parallel)
 
     @property
     def stopped(self) -> bool:
-        return self.stop_agreed if self.parallel.multi_process else self.stop_signalled
+        return self.stop_agreed if self.parallel.multi_process else (self.stop_signalled or self.time_limited)
 
     def _finetune(self, data: PreparedData, epochs: int) -> None:
         """Phase 2: unfreeze the top stages (BatchNorm stays frozen) and continue at a much lower rate."""
@@ -596,6 +622,9 @@ def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Pat
     if run is not None:  # the app's queued run: say what the trainer is doing before its first phase
         run.heartbeat(message="Checking the dataset", pid=os.getpid())
     try:
+        from core.hosting import check_training_limits
+
+        check_training_limits(config)  # hosted mode: a run over a visitor's limits never starts
         dataset, default_split = prepare_dataset(config)
         split = split or default_split
     except StudioError as err:
@@ -628,8 +657,12 @@ def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Pat
     finally:
         signal.signal(signal.SIGTERM, previous)
     final = "stopped" if trainer.stopped else "succeeded"
-    run.set_status(final, finished=time.time(), phase="done", message="", eta_seconds=0, fraction=1.0,
-                   stopped_in=trainer.stopped_in if trainer.stopped else None)
+    message = (f"Stopped at this demo's {trainer.time_limit / 60:g}-minute limit for one run; its best model was "
+               "kept" + (" and evaluated." if run.file("evaluation.json").is_file() else ".")) \
+        if trainer.time_limited and not trainer.stop_signalled else ""
+    run.set_status(final, finished=time.time(), phase="done", message=message, eta_seconds=0, fraction=1.0,
+                   stopped_in=trainer.stopped_in if trainer.stopped else None,
+                   stop_reason="time_limit" if trainer.time_limited and not trainer.stop_signalled else None)
     return run
 
 

@@ -1,0 +1,95 @@
+"""A visitor's run on a hosted demo is bounded (issue 14.4): backbones, image size and epochs within limits, and a
+wall-time limit that stops the run like a Stop click, keeps its best model and still evaluates it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from core import StudioError
+from core.config import TrainConfig
+from core.hosting import check_training_limits, limit_problems, training_limits
+from core.runs import RunDir
+
+
+@pytest.fixture
+def hosted(monkeypatch):
+    monkeypatch.setenv("STUDIO_HOSTED", "1")
+    for name in ("BACKBONES", "MAX_IMAGE_SIZE", "MAX_HEAD_EPOCHS", "MAX_FINETUNE_EPOCHS", "MAX_MINUTES"):
+        monkeypatch.delenv(f"STUDIO_HOSTED_{name}", raising=False)
+
+
+def test_the_probes_b7_run_is_refused_naming_every_setting_over_its_limit(hosted):
+    config = TrainConfig(data="x", backbone="efficientnet_b7", image_size=600, head_epochs=200, finetune_epochs=100)
+    with pytest.raises(StudioError) as raised:
+        check_training_limits(config)
+    message = str(raised.value)
+    for part in ("backbone efficientnet_b7 is not offered on this shared demo (choose efficientnet_lite0 or "
+                 "efficientnet_b0)", "image_size 600 is over this demo's 300 px", "head_epochs 200 is over this "
+                 "demo's 30", "finetune_epochs 100 is over this demo's 5"):
+        assert part in message
+
+
+def test_the_default_recipe_fits_within_the_limits_and_nothing_is_limited_when_not_hosted(hosted, monkeypatch):
+    assert limit_problems(TrainConfig(data="x"), training_limits()) == []
+    assert limit_problems(TrainConfig(data="x", backbone="efficientnet_b0"), training_limits()) == []
+    monkeypatch.delenv("STUDIO_HOSTED")
+    assert training_limits() is None
+    check_training_limits(TrainConfig(data="x", backbone="efficientnet_b7", image_size=600))
+
+
+def test_limits_follow_their_environment_variables(hosted, monkeypatch):
+    monkeypatch.setenv("STUDIO_HOSTED_BACKBONES", "efficientnet_b0")
+    monkeypatch.setenv("STUDIO_HOSTED_MAX_MINUTES", "2.5")
+    limits = training_limits()
+    assert limits.backbones == ("efficientnet_b0",) and limits.max_minutes == 2.5
+    assert "2.5 minutes" in limits.describe()
+    monkeypatch.setenv("STUDIO_HOSTED_BACKBONES", "resnet50")
+    with pytest.raises(StudioError, match="STUDIO_HOSTED_BACKBONES names resnet50"):
+        training_limits()
+    monkeypatch.setenv("STUDIO_HOSTED_BACKBONES", "efficientnet_b0")
+    monkeypatch.setenv("STUDIO_HOSTED_MAX_IMAGE_SIZE", "big")
+    with pytest.raises(StudioError, match=r"STUDIO_HOSTED_MAX_IMAGE_SIZE='big' is not a whole number"):
+        training_limits()
+
+
+def test_the_cli_refuses_an_over_limit_run_and_leaves_no_run_folder(tmp_path, flowers_dir):
+    result = run_cli("--models-dir", str(tmp_path), "train", "--data", str(flowers_dir), "--backbone",
+                     "efficientnet_b7", env={"STUDIO_HOSTED": "1"}, timeout=300)
+    assert result.returncode != 0 and "backbone efficientnet_b7 is not offered" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_a_run_past_its_time_limit_stops_keeps_its_best_model_and_is_evaluated(tmp_path, flowers_dir):
+    """45 s: the head is fitted in about 15 s, five fine-tuning epochs at 300 px take about a minute."""
+    started = time.monotonic()
+    result = run_cli("--models-dir", str(tmp_path), "train", "--data", str(flowers_dir), "--image-size", "300",
+                     "--finetune-epochs", "5", env={"STUDIO_HOSTED": "1", "STUDIO_HOSTED_MAX_MINUTES": "0.75"},
+                     timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = RunDir(Path(result.stdout.strip().splitlines()[-1]))
+    status = run.read_status()
+    assert status["state"] == "stopped" and status["stop_reason"] == "time_limit"
+    assert status["stopped_in"] == "finetune", status
+    assert "0.75-minute limit" in status["message"] and "kept and evaluated" in status["message"]
+    assert (run.path / "model.keras").is_file()
+    assert run.read_evaluation()["accuracy"] > 0.5
+    finetune_epochs = [m for m in run.read_metrics() if m["kind"] == "epoch" and m["phase"] == "finetune"]
+    assert len(finetune_epochs) < 5
+    assert time.monotonic() - started < 150
+
+
+def test_the_deadline_stops_training_but_never_the_final_evaluation(hosted, tmp_path):
+    from core.train import Trainer
+
+    trainer = Trainer(TrainConfig(data="x"), RunDir.create(tmp_path))
+    assert trainer.time_limit == 20 * 60 and not trainer._stop_now()
+    trainer.deadline = time.monotonic() - 1
+    assert trainer._stop_now() and trainer.time_limited and trainer.stopped
+    finishing = Trainer(TrainConfig(data="x"), RunDir.create(tmp_path))
+    finishing.final_evaluation, finishing.deadline = True, time.monotonic() - 1
+    assert not finishing._stop_now() and not finishing.time_limited and not finishing.stopped

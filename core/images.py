@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# What README promises, checked by content (MPO is the multi-picture JPEG some cameras write; its first frame is
+# a plain JPEG).
+CONTENT_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "WEBP")
 # Pillow's own decompression-bomb guard fires at ~179 Mpx; we refuse earlier, with our own message.
 MAX_IMAGE_PIXELS = 50_000_000
 
@@ -51,8 +55,9 @@ def _open_checked(data: bytes, source: str) -> Image.Image:
         raise ImageError(
             f"{source}: {width}x{height} pixels is over the {MAX_IMAGE_PIXELS:,} pixel limit; resize it first."
         )
-    if image.format not in ("JPEG", "PNG", "BMP", "WEBP", "GIF", "MPO", "TIFF"):
-        raise ImageError(f"{source}: {image.format} images are not supported; use JPEG, PNG, BMP or WebP.")
+    if image.format not in CONTENT_FORMATS:  # by content, not by name: a GIF or TIFF named .jpg is refused too
+        raise ImageError(f"{source}: the file holds a{'n' if str(image.format)[:1] in 'AEIOU' else ''} "
+                         f"{image.format} image, which is not supported; use JPEG, PNG, BMP or WebP.")
     return image
 
 
@@ -190,6 +195,11 @@ def _thumbnail_box(full_size: tuple[int, int], side: int) -> tuple[int, int]:
     return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def _short(err: Exception) -> str:
+    """A library's error in a few words for a visitor: first line only, without object reprs such as
+    `<_io.BytesIO object at 0x7f…>` (Pillow's "cannot identify image file" names its buffer that way)."""
     text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0][:160]
+    return _OBJECT_REPR.sub("the file", text.splitlines()[0])[:160]

@@ -50,12 +50,26 @@ def test_sixteen_bit_png_uses_its_full_range():
     assert deep.dtype == np.uint8 and deep.min() == 0 and deep.max() == 255
 
 
-def test_animated_gif_and_webp_use_the_first_frame():
+def test_animated_webp_uses_the_first_frame():
     frames = [Image.new("RGB", (8, 8), c) for c in ((250, 0, 0), (0, 250, 0))]
-    for fmt, name in (("GIF", "anim.gif"), ("WEBP", "anim.webp")):
-        data = _encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50, loop=0)
-        first = decode_image(data, name)
-        assert first[..., 0].mean() > 200 and first[..., 1].mean() < 60, fmt
+    data = _encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    first = decode_image(data, "anim.webp")
+    assert first[..., 0].mean() > 200 and first[..., 1].mean() < 60
+
+
+@pytest.mark.parametrize("fmt, article", [("GIF", "a GIF"), ("TIFF", "a TIFF")])
+def test_formats_are_checked_by_content_not_by_name(fmt, article):
+    """README promises JPEG, PNG, BMP and WebP: a GIF or TIFF renamed .jpg is refused, saying what it holds."""
+    data = _encode(Image.new("RGB", (16, 16), (10, 200, 30)), fmt)
+    with pytest.raises(ImageError, match=rf"photo.jpg: the file holds {article} image, which is not supported; "
+                                         r"use JPEG, PNG, BMP or WebP"):
+        decode_image(data, "photo.jpg")
+
+
+def test_an_unreadable_file_is_named_without_a_python_object_repr():
+    with pytest.raises(ImageError) as raised:
+        decode_image(b"this is not an image at all", "notes.jpg")
+    assert str(raised.value).startswith("notes.jpg: not a readable image") and "object at 0x" not in str(raised.value)
 
 
 def test_decompression_bomb_header_is_refused_without_decoding():

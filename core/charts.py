@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
+from core.safetext import plain, shorten
+
 TRAIN_COLOUR, VAL_COLOUR, ACCENT = "#1f77b4", "#ff7f0e", "#2ca02c"
 SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
 _LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2), height=320)
+AXIS_LABEL_CHARS = 24  # a longer class name is cut in the middle on an axis (the hover text keeps it whole)
+HOVER_NAMES_UP_TO = 100  # classes; beyond, hover names are shortened too (the matrix repeats each n times)
 
 
 # ----------------------------------------------------------------------------------------- numbers
 def epoch_rows(metrics: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The epoch lines of metrics.jsonl, in order (step and feature lines dropped)."""
-    return [m for m in metrics if m.get("kind") == "epoch"]
+    return [m for m in metrics if m.get("kind") == "epoch" and "epoch" in m]  # curves are drawn against it
 
 
 def phase_starts(epochs: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
@@ -55,16 +60,32 @@ def best_epoch(epochs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 # ----------------------------------------------------------------------------------------- figures
+def label_text(name: object, max_chars: int | None = AXIS_LABEL_CHARS) -> str:
+    """A visitor's name as Plotly text: shortened, and with <, > and & as entities, because Plotly reads tags
+    such as <a href> and <b> in labels and hover text."""
+    return html.escape(shorten(name, max_chars) if max_chars else plain(name), quote=False)
+
+
+def _category_axis(fig: go.Figure, axis: str, names: Sequence[str]) -> None:
+    """Categories placed by index, labelled with shortened names: two long names that shorten alike stay two."""
+    getattr(fig, f"update_{axis}axes")(tickmode="array", tickvals=list(range(len(names))),
+                                       ticktext=[label_text(n) for n in names])
+
+
 def class_counts_figure(counts: dict[str, dict[str, int]]) -> go.Figure:
     """Images per class as stacked bars, one colour per split."""
     classes = list(counts)
+    positions = list(range(len(classes)))
+    hover = [label_text(c, None) for c in classes]
     fig = go.Figure()
     for split, colour in SPLIT_COLOURS.items():
         values = [counts[c].get(split, 0) for c in classes]
         if any(values):
-            fig.add_bar(name=split, x=classes, y=values, marker_color=colour)
+            fig.add_bar(name=split, x=positions, y=values, marker_color=colour, customdata=hover,
+                        hovertemplate="%{customdata}: %{y}<extra>" + split + "</extra>")
     fig.update_layout(barmode="stack", title="Images per class", yaxis_title="images", **_LAYOUT)
     fig.update_layout(legend_traceorder="normal")
+    _category_axis(fig, "x", classes)
     return fig
 
 
@@ -116,12 +137,18 @@ def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], no
     counts = np.asarray(matrix, dtype=np.int64)
     values = normalise_rows(counts) if normalised else counts
     text = [[f"{v:.0%}" if normalised else str(int(v)) for v in row] for row in values]
-    fig = go.Figure(go.Heatmap(z=values, x=list(classes), y=list(classes), text=text, texttemplate="%{text}",
+    positions = list(range(len(classes)))
+    names = [label_text(c, None if len(classes) <= HOVER_NAMES_UP_TO else 60) for c in classes]
+    fig = go.Figure(go.Heatmap(z=values, x=positions, y=positions, text=text, texttemplate="%{text}",
+                               customdata=[[[true, predicted] for predicted in names] for true in names],
                                colorscale="Blues", zmin=0, zmax=1 if normalised else None,
-                               hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>"))
+                               hovertemplate="true %{customdata[0]}<br>predicted %{customdata[1]}<br>%{text}"
+                                             "<extra></extra>"))
     fig.update_layout(title="Confusion matrix" + (" (share of each true class)" if normalised else " (counts)"),
                       xaxis_title="predicted", yaxis_title="true", height=max(320, 60 * len(classes) + 120),
                       margin=dict(l=10, r=10, t=40, b=10))
+    _category_axis(fig, "x", classes)
+    _category_axis(fig, "y", classes)
     fig.update_yaxes(autorange="reversed")
     return fig
 

@@ -49,12 +49,16 @@ TRAIN_FLAGS = {  # flag -> (config key, type)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from core.config import TrainConfig
-    from core.runs import RunDir
+    from core.config import TrainConfig, read_config_file
+    from core.runs import RunDir, check_run_id
 
+    # The file's values and the flags are checked together, once (TrainConfig.from_dict below), so a flag can fix
+    # a value of the file and nothing is created before every setting has passed.
     values: dict[str, Any] = {}
     if args.config:
-        values.update(TrainConfig.from_file(args.config).to_dict())
+        values.update(read_config_file(args.config))
+    if args.run_id:
+        check_run_id(args.run_id)
     for key in TRAIN_FLAGS:
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)

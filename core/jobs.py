@@ -177,7 +177,10 @@ def process_alive(pid: int | None, start_ticks: int | None = None) -> bool:
     if fields[0] in ("Z", "X"):
         return False
     # After a reboot (or a long time) the pid may belong to another program: then ours is gone.
-    return start_ticks is None or not fields[19:20] or int(fields[19]) == int(start_ticks)
+    try:
+        return start_ticks is None or not fields[19:20] or int(fields[19]) == int(start_ticks)
+    except (TypeError, ValueError, OverflowError):  # a damaged job.json: its start time can't vouch for the pid
+        return False
 
 
 def heartbeat_timeout() -> float:
@@ -300,8 +303,8 @@ def model_verdict(run: RunDir) -> ModelVerdict:
         return ModelVerdict(False, "No model was saved: the run ended before its head was trained.")
     try:
         evaluation = run.read_evaluation()
-    except (ValueError, OSError):
-        evaluation = None
+    except (ValueError, OSError) as err:  # core.runs.RunDamaged names the run and what is wrong with its report
+        return ModelVerdict(False, str(err))
     if not evaluation or "accuracy" not in evaluation:
         return ModelVerdict(False, "Its best model is kept but was not evaluated (the run ended first); evaluate "
                                    "it on the Evaluate page to use it by default.")
@@ -364,7 +367,10 @@ def run_view(run: RunDir) -> RunView:
     state = status.get("state", "queued")
     if state in ACTIVE_STATES and run.stop_requested():
         state = "stopping"
-    config = run.read_config() if run.file("config.json").is_file() else {}
+    try:
+        config = run.read_config()
+    except ValueError:  # a damaged config.json (core.runs.RunDamaged) must not hide the run's state
+        config = {}
     fraction, caption = progress({**status, "state": "running" if state == "stopping" else state}, config)
     verdict = model_verdict(run) if state not in ACTIVE_STATES and state != "stopping" else \
         ModelVerdict(False, "The run is still training.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import streamlit as st
 
@@ -182,8 +182,7 @@ def runs() -> list[RunDir]:
 
 def run_label(run: RunDir, view: jobs.RunView | None = None) -> str:
     """'run-2026…-ab12 · flowers-mini · succeeded' for select boxes (a model not offered by default says so)."""
-    config = run.read_config()
-    name = config.get("run_name") or Path(config.get("data", "")).name
+    name = run.display_name()  # never raises: a damaged config.json must not hide the other runs
     view = view or jobs.run_view(run)
     note = "" if view.model.usable or view.active else " · not offered by default"
     return f"{run.run_id} · {name} · {view.state}{note}"
@@ -286,6 +285,26 @@ def pick_model(label: str, key: str) -> ModelChoice | None:
     elif st.query_params.get(DEMO_PARAM) != chosen.name:
         st.query_params[DEMO_PARAM] = chosen.name
     return chosen
+
+
+def literal_names(message: str, names: Iterable[str], folders: Iterable[Path] = ()) -> str:
+    """A sentence from core, for st.error/st.markdown, with each visitor-given name in it (class, file, run)
+    escaped by core.safetext.markdown_literal, so a name reads as written and never as a link, bold or math;
+    each of `folders` (a dataset root) is named by its folder name, not by its path on the server."""
+    import re
+
+    from core.safetext import markdown_literal, plain
+
+    message = plain(message)
+    folders = [Path(f) for f in folders if Path(f).name]  # "/" would name nothing
+    for folder in folders:
+        message = message.replace(str(folder), folder.name)
+    names = [*names, *(f.name for f in folders)]
+    # Only names Markdown would act on need it; one pass, longest first, so no name is escaped twice.
+    risky = sorted({plain(n) for n in names if n and markdown_literal(n) != plain(n)}, key=len, reverse=True)
+    if not risky:
+        return message
+    return re.sub("|".join(map(re.escape, risky)), lambda m: markdown_literal(m.group()), message)
 
 
 def show_error(err: Exception) -> None:

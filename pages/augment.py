@@ -7,8 +7,8 @@ import streamlit as st
 from core import StudioError
 from core.images import ImageError, read_image, resize_for_model
 from core.previews import EDITABLE_TRANSFORMS, augmented_copies, editable_state, preview_images, spec_from_editor
-from pages._common import (current_augmentation, current_workspace, ensure_app_shell, need_dataset,
-                           require_train_profile, show_error)
+from pages._common import (current_augmentation, current_workspace, ensure_app_shell, literal_names, need_dataset,
+                           require_train_profile)
 
 PREVIEW_SIZE = 224
 COPIES = 5
@@ -30,6 +30,20 @@ def preview_copies(path: str, spec_json: str, seed: int) -> list:
     and seed costs nothing (the spec's size is bounded by core.augment.check_bounds)."""
     image = model_sized(path)
     return augmented_copies(image, json.loads(spec_json), COPIES, seed=seed) if image is not None else []
+
+
+def spec_texts(spec: object, depth: int = 0) -> list[str]:
+    """Every text in a spec (transform and parameter names, values), so an error quoting one shows it as written;
+    a few levels are enough (core.augment refuses deeper specs) and keep a hostile nesting from recursing."""
+    if isinstance(spec, str):
+        return [spec]
+    if depth > 6:
+        return []
+    if isinstance(spec, dict):
+        return [text for key, value in spec.items() for text in (str(key), *spec_texts(value, depth + 1))]
+    if isinstance(spec, list):
+        return [text for item in spec for text in spec_texts(item, depth + 1)]
+    return []
 
 
 def custom_editor(saved: list) -> list:
@@ -59,12 +73,17 @@ def json_editor(spec: list) -> None:
         text = st.text_area("Augmentation spec", json.dumps(spec, indent=1), height=220, key="aug_json")
         if st.button("Apply JSON"):
             try:
-                parsed = resolve_spec(json.loads(text))
+                raw = json.loads(text)
             except json.JSONDecodeError as err:
                 st.error(f"That is not valid JSON ({err.msg} at line {err.lineno}).")
                 return
+            except RecursionError:
+                st.error("That JSON is nested too deeply; a spec is a list of transforms, at most 3 levels deep.")
+                return
+            try:
+                parsed = resolve_spec(raw)
             except StudioError as err:
-                show_error(err)
+                st.error(literal_names(str(err), spec_texts(raw)))
                 return
             current_workspace(sync_address=False).save_state(augmentation=parsed)
             for key in [k for k in st.session_state if str(k).startswith("aug_")]:
@@ -102,7 +121,8 @@ saved = current_augmentation()
 try:
     resolve_spec(saved)
 except StudioError as err:  # a spec saved before today's limits (or edited by hand): never run it again
-    st.warning(f"The saved augmentation was set back to the light preset: {err}", icon=":material/restart_alt:")
+    st.warning(literal_names(f"The saved augmentation was set back to the light preset: {err}", spec_texts(saved)),
+               icon=":material/restart_alt:")
     saved = "light"
     current_workspace(sync_address=False).save_state(augmentation=saved)
     st.session_state.pop("aug_mode", None)
@@ -123,7 +143,7 @@ try:
         if saved != mode:
             current_workspace(sync_address=False).save_state(augmentation=mode)
 except StudioError as err:
-    show_error(err)
+    st.error(literal_names(str(err), spec_texts(saved)))
     st.stop()
 st.markdown(f"**Training will use:** {describe_spec(spec)}")
 json_editor(spec)

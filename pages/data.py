@@ -8,8 +8,9 @@ from core.datasets import split_samples
 from core.images import MAX_IMAGE_PIXELS
 from core.ingest import ingest_zip, list_datasets, upload_limits
 from core.previews import examples_per_class, thumbnail
+from core.safetext import csv_cell, markdown_literal, shorten
 from core.upload_manifest import UploadAccount, account_upload, ingest_folder_archive
-from pages._common import (current_dataset_path, current_workspace, ensure_app_shell, load_dataset,
+from pages._common import (current_dataset_path, current_workspace, ensure_app_shell, literal_names, load_dataset,
                            require_train_profile, set_current_dataset, show_error)
 from pages._folder_upload import folder_picker, forget
 
@@ -122,7 +123,7 @@ def earlier_tab() -> None:
     if not earlier:
         st.caption("Nothing uploaded yet.")
         return
-    chosen = st.selectbox("Dataset", earlier, format_func=lambda p: p.name, key="earlier_dataset")
+    chosen = st.selectbox("Dataset", earlier, format_func=lambda p: shorten(p.name), key="earlier_dataset")
     if st.button("Use this dataset"):
         choose(chosen)
 
@@ -135,8 +136,7 @@ def report_section(path) -> None:
         show_error(err)
         return
     report = dataset.report
-    st.subheader(f"Dataset: {path.name}")
-    st.caption(str(dataset.root))
+    st.subheader(f"Dataset: {markdown_literal(path.name, 60)}")  # its folder on the server is not shown
     upload_account(path)
     cols = st.columns(4)
     cols[0].metric("Classes", len(report.classes))
@@ -144,20 +144,20 @@ def report_section(path) -> None:
     cols[2].metric("Skipped or unreadable", len(report.skipped) + len(report.unreadable))
     cols[3].metric("Duplicate groups", len(report.duplicates))
     for message in report.errors:
-        st.error(message)
+        st.error(literal_names(message, report.classes, [dataset.root]))
     if report.errors:
         st.error("Training is blocked until these problems are fixed.", icon=":material/block:")
     else:
         st.success("Ready to train. Next: preview augmentations, or go straight to Train.", icon=":material/check:")
         st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
     for message in report.warnings:
-        st.warning(message)
+        st.warning(literal_names(message, report.classes, [dataset.root]))
     if report.classes:
         left, right = st.columns([3, 2])
         left.plotly_chart(charts.class_counts_figure(report.counts), key="counts_chart")
         with right:
             split_table(dataset)
-    problem_lists(report)
+    problem_lists(report, dataset.root)
     thumbnails(dataset)
 
 
@@ -187,7 +187,7 @@ def split_table(dataset) -> None:
     for part, items in split.items():
         for sample in items:
             rows[dataset.classes[sample.label]][part] += 1
-    table = pd.DataFrame.from_dict(rows, orient="index")
+    table = pd.DataFrame.from_dict({csv_cell(name): row for name, row in rows.items()}, orient="index")
     st.dataframe(table.loc[:, (table != 0).any(axis=0)], width="stretch")
 
 
@@ -208,18 +208,29 @@ def upload_account(path) -> None:
                          width="stretch", hide_index=True)
 
 
-def problem_lists(report) -> None:
+def problem_lists(report, root) -> None:
     """Skipped files, unreadable images and duplicates, each in an expander."""
     if report.skipped:
         with st.expander(f"Skipped files ({len(report.skipped)})"):
-            st.dataframe(pd.DataFrame(report.skipped), width="stretch", hide_index=True)
+            st.dataframe(cells(report.skipped, root), width="stretch", hide_index=True)
     if report.unreadable:
         with st.expander(f"Unreadable images ({len(report.unreadable)})"):
-            st.dataframe(pd.DataFrame(report.unreadable), width="stretch", hide_index=True)
+            st.dataframe(cells(report.unreadable, root), width="stretch", hide_index=True)
     if report.duplicates:
         with st.expander(f"Byte-identical duplicates ({len(report.duplicates)} groups)"):
-            st.dataframe(pd.DataFrame({"files": [", ".join(g) for g in report.duplicates]}),
-                         width="stretch", hide_index=True)
+            st.dataframe(cells([{"files": ", ".join(g)} for g in report.duplicates], root), width="stretch",
+                         hide_index=True)
+
+
+def cells(rows: list, root) -> pd.DataFrame:
+    """File names and reasons for st.dataframe, each text through core.safetext.csv_cell: bidi controls dropped
+    (no 'gpj.exe' posing as '.jpg'), the table's CSV download safe to open in a spreadsheet, and the dataset's
+    folder on the server named by its folder name only."""
+    def cell(value):
+        return csv_cell(value.replace(str(root), root.name) if isinstance(value, str) else value)
+
+    return pd.DataFrame([{k: cell(v) for k, v in row.items()} if isinstance(row, dict) else {"file": cell(row)}
+                         for row in rows])
 
 
 def thumbnails(dataset) -> None:
@@ -227,7 +238,8 @@ def thumbnails(dataset) -> None:
     st.markdown("**Examples per class**")
     for name, paths in examples_per_class(dataset, per_class=8).items():
         pictures = [p for p in (thumb(str(dataset.root / rel)) for rel in paths) if p is not None]
-        st.caption(f"{name} ({dataset.report.counts[name]['total']} images)")
+        st.caption(f"{markdown_literal(name, 60)} ({dataset.report.counts[name]['total']} images)",
+                   help=markdown_literal(name) if len(name) > 60 else None)
         if pictures:
             st.image(pictures, width=96)
 

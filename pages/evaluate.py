@@ -1,5 +1,6 @@
 """Evaluate: one run's (or demo bundle's) scores, confusion matrix and mistakes, its exports; then runs compared."""
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -8,7 +9,32 @@ import streamlit as st
 from core import StudioError, charts, jobs, profile
 from core.metrics import mistake_count
 from core.previews import mistakes_with_images, thumbnail
-from pages._common import ensure_app_shell, load_bundle, no_model_message, pick_model, runs, show_error
+from core.runs import RUN_ID, RunDamaged, evaluation_problem
+from core.safetext import csv_cell, markdown_literal, shorten
+from pages._common import (ensure_app_shell, literal_names, load_bundle, no_model_message, pick_model, runs,
+                           show_error)
+
+# An absolute path inside an error text (Keras and converters name the files they choke on): only its last part is
+# shown, since a hosted demo must not describe its server's folders.
+SERVER_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/'\"():,;]+/)+([^\s/'\"():,;]*)")
+CLASS_LIST_CHARS = 60  # a class name in the caption under the confusion matrix; the caption's help has it whole
+
+
+def error_text(err: Exception, limit: int = 300) -> str:
+    """An unexpected error as one short line: its type and message, server paths cut to their file names."""
+    message = SERVER_PATH.sub(r"\1", str(err))
+    return shorten(f"{type(err).__name__}: {message}", limit)
+
+
+def id_text(value: object) -> str:
+    """A run id for Markdown: as it is when it is a plain id (every run folder's is), else escaped."""
+    return str(value) if isinstance(value, str) and RUN_ID.fullmatch(value) else markdown_literal(value, 60)
+
+
+def cells(rows: list[dict]) -> pd.DataFrame:
+    """Rows for st.dataframe, every text cell through core.safetext.csv_cell (the table's CSV download is
+    opened in spreadsheets; bidi controls are dropped too)."""
+    return pd.DataFrame([{key: csv_cell(value) for key, value in row.items()} for row in rows])
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
@@ -18,29 +44,37 @@ def picture(path: str):
 
 
 def summary(evaluation: dict) -> None:
-    """Accuracy, top-k and macro AUC on the evaluated split."""
+    """Accuracy, top-k and macro AUC on the evaluated split (a field a report lacks reads n/a)."""
     cols = st.columns(4)
     cols[0].metric("Accuracy", f"{evaluation['accuracy']:.1%}")
-    cols[1].metric(f"Top-{evaluation['top_k']} accuracy", f"{evaluation['top_k_accuracy']:.1%}")
+    top_k = evaluation.get("top_k_accuracy")
+    cols[1].metric(f"Top-{evaluation.get('top_k', 1)} accuracy", f"{top_k:.1%}" if top_k is not None else "n/a")
     auc = evaluation.get("macro_auc")
     cols[2].metric("Macro AUC", f"{auc:.3f}" if auc is not None else "n/a")
-    cols[3].metric("Images evaluated", f"{evaluation['images']} ({evaluation['split']})")
+    cols[3].metric("Images evaluated", f"{evaluation.get('images', 'n/a')} ({evaluation.get('split') or 'n/a'})")
 
 
 def confusion(evaluation: dict) -> None:
     """The confusion matrix with a counts / normalised switch, beside the per-class scores."""
     view = st.segmented_control("Confusion matrix", ["Counts", "Normalised"], default="Counts", key="cm_view")
     left, right = st.columns([3, 2])
-    left.plotly_chart(charts.confusion_figure(evaluation["confusion_matrix"], evaluation["classes"],
+    classes = evaluation["classes"]
+    left.plotly_chart(charts.confusion_figure(evaluation["confusion_matrix"], classes,
                                               normalised=view == "Normalised"), key="confusion_matrix")
+    long_names = [c for c in classes if len(c) > charts.AXIS_LABEL_CHARS]
+    if long_names:
+        left.caption("Long class names are shortened on the axes (hover a cell for the whole name): "
+                     + ", ".join(markdown_literal(c, CLASS_LIST_CHARS) for c in long_names),
+                     help="\n\n".join(markdown_literal(c) for c in long_names))
     with right:
-        st.markdown("**Per class**")
-        table = pd.DataFrame(evaluation["per_class"]).set_index("class")
-        st.dataframe(table.style.format({"precision": "{:.1%}", "recall": "{:.1%}", "f1": "{:.1%}"}),
-                     width="stretch")
+        if evaluation.get("per_class"):
+            st.markdown("**Per class**")
+            table = cells(evaluation["per_class"]).set_index("class")
+            st.dataframe(table.style.format({"precision": "{:.1%}", "recall": "{:.1%}", "f1": "{:.1%}"}),
+                         width="stretch")
         if evaluation.get("most_confused"):
             st.markdown("**Most confused pairs**")
-            st.dataframe(pd.DataFrame(evaluation["most_confused"]), hide_index=True, width="stretch")
+            st.dataframe(cells(evaluation["most_confused"]), hide_index=True, width="stretch")
 
 
 MISTAKE_PICTURES = 18  # three rows of six; a demo bundle carries thumbnails for as many (core.export)
@@ -63,15 +97,15 @@ def mistakes(evaluation: dict) -> None:
         if not listed:
             st.caption("This report lists none of them.")
             return
-        st.caption(f"The images are no longer at {root}, so only the list is shown." if not found
-                   else "The images could not be read, so only the list is shown.")
-        st.dataframe(pd.DataFrame(listed), hide_index=True)
+        st.caption("The images are no longer at the place they were evaluated from (moved or deleted), so only "
+                   "the list is shown." if not found else "The images could not be read, so only the list is shown.")
+        st.dataframe(cells(listed), hide_index=True)
         return
     st.markdown(f"**Most confident mistakes: {len(pictured)} of {total} shown**")
     cols = st.columns(6)
     for i, (item, image) in enumerate(pictured):
-        cols[i % 6].image(image, caption=f"true {item['true']} → predicted {item['predicted']} "
-                                         f"({item['confidence']:.0%})")
+        cols[i % 6].image(image, caption=f"true {markdown_literal(item['true'], 40)} → predicted "
+                                         f"{markdown_literal(item['predicted'], 40)} ({item['confidence']:.0%})")
 
 
 def single_run() -> None:
@@ -84,10 +118,17 @@ def single_run() -> None:
         demo_bundle(choice.bundle_path)
         return
     run = choice.run
-    evaluation = run.read_evaluation()
+    view = jobs.run_view(run)
+    for line in run.damage():  # one sentence per damaged file of this run; other runs are unaffected
+        st.warning(line, icon=":material/report:")
+    damaged = False
+    try:
+        evaluation = run.read_evaluation()
+    except RunDamaged:  # said above; a new evaluation replaces the damaged report
+        evaluation, damaged = None, True
     if evaluation is None:
-        view = jobs.run_view(run)
-        st.info(f"This run is {view.state} and has no evaluation yet.")
+        st.info(f"This run is {view.state} and its evaluation cannot be read; Evaluate now writes a new one."
+                if damaged else f"This run is {view.state} and has no evaluation yet.")
         if st.button("Evaluate now", disabled=view.active):
             from core.evaluate import evaluate_run
 
@@ -98,13 +139,14 @@ def single_run() -> None:
                 show_error(err)
                 return
             except Exception as err:  # a damaged or unsafe model file: report it, keep the page
-                st.error(f"Run {run.run_id} could not be evaluated ({type(err).__name__}: {str(err)[:300]}).")
+                st.error(markdown_literal(f"Run {run.run_id} could not be evaluated ({error_text(err)})."))
                 return
             st.rerun()
         return
     verdict = jobs.model_verdict(run)
     if not verdict.usable:  # chosen explicitly: say why it is not offered by default
-        st.warning(f"This run's model is not offered by default. {verdict.reason}", icon=":material/info:")
+        st.warning(literal_names(f"This run's model is not offered by default. {verdict.reason}",
+                                 evaluation["classes"]), icon=":material/info:")
     summary(evaluation)
     confusion(evaluation)
     mistakes(evaluation)
@@ -115,8 +157,14 @@ def demo_bundle(path: Path) -> None:
     """A demo bundle's report: what it is, its scores, confusion matrix, mistakes and export parity."""
     bundle = load_bundle(path)
     manifest = bundle.manifest
-    st.caption(f"Demo bundle of run {bundle.run_id}: {manifest.get('backbone')} at {manifest.get('image_size')} px, "
-               f"{len(bundle.classes)} classes, {manifest.get('format')} model classified without TensorFlow.")
+    problem = evaluation_problem(bundle.evaluation)
+    if problem is not None:
+        st.error(markdown_literal(f"Demo bundle {path.name}: its evaluation.json is damaged: {problem}. Make the "
+                                  "bundle again."))
+        return
+    st.caption(f"Demo bundle of run {id_text(bundle.run_id)}: {markdown_literal(manifest.get('backbone'), 40)} at "
+               f"{markdown_literal(manifest.get('image_size'), 10)} px, {len(bundle.classes)} classes, "
+               f"{markdown_literal(manifest.get('format'), 20)} model classified without TensorFlow.")
     summary(bundle.evaluation)
     confusion(bundle.evaluation)
     mistakes(bundle.evaluation)
@@ -180,7 +228,7 @@ def run_export(run, formats: list[str]) -> None:
         return
     except Exception as err:  # a converter crash must not take the page down
         bar.empty()
-        st.error(f"Exporting run {run.run_id} failed ({type(err).__name__}: {str(err)[:300]}).")
+        st.error(markdown_literal(f"Exporting run {run.run_id} failed ({error_text(err)})."))
         return
     bar.progress(1.0, text=f"Exported {', '.join(formats)}; demo bundle {folder.name}.zip is ready.")
     if result["failed"]:
@@ -188,15 +236,19 @@ def run_export(run, formats: list[str]) -> None:
                    "(see the table).")
 
 
-def settings_row(run) -> dict:
-    """The key settings and final scores of one run, for the comparison table."""
+def settings_row(run, epochs: list[dict]) -> dict:
+    """The key settings and final scores of one run, for the comparison table (RunDamaged when its config or
+    report cannot be read)."""
     config, evaluation = run.read_config(), run.read_evaluation() or {}
-    best = charts.best_epoch(charts.epoch_rows(run.read_metrics())) or {}
+    best = charts.best_epoch(epochs) or {}
     spec = config.get("augmentation")
     if isinstance(spec, list):
         from core.augment import describe_spec  # albumentations: compare() runs only in the train profile
 
-        spec = describe_spec(spec)
+        try:
+            spec = describe_spec(spec)
+        except (TypeError, KeyError, AttributeError):  # entries that are not transforms: the spec is damaged
+            spec = "unreadable spec"
     view = jobs.run_view(run)
     return {"run": run.run_id, "state": view.state, "usable model": view.model.usable,
             "backbone": config.get("backbone"),
@@ -224,11 +276,24 @@ def compare() -> None:
     picked = [r for r in everything if r.run_id in chosen]
     if not picked:
         return
-    curves = {r.run_id: charts.epoch_rows(r.read_metrics()) for r in picked}
+    curves, rows = {}, []
+    for run in picked:  # a damaged run is named and left out; the others are compared as usual
+        metrics = run.read_metric_lines()
+        note = metrics.note(run.run_id)
+        if note:
+            st.caption(note)
+        try:
+            rows.append(settings_row(run, charts.epoch_rows(metrics.records)))
+        except RunDamaged as err:
+            st.warning(str(err), icon=":material/report:")
+            continue
+        curves[run.run_id] = charts.epoch_rows(metrics.records)
+    if not rows:
+        return
     left, right = st.columns(2)
     left.plotly_chart(charts.compare_figure(curves, "val_accuracy"), key="compare_accuracy")
     right.plotly_chart(charts.compare_figure(curves, "val_loss"), key="compare_loss")
-    st.dataframe(pd.DataFrame([settings_row(r) for r in picked]), hide_index=True, width="stretch")
+    st.dataframe(cells(rows), hide_index=True, width="stretch")
 
 
 ensure_app_shell()

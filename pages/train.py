@@ -8,16 +8,24 @@ from core import StudioError, charts, jobs
 from core.backbones import BACKBONES, DEFAULT_BACKBONE
 from core.config import TrainConfig
 from core.imagecache import cache_size, clear as clear_cache, default_cache_dir
-from core.runs import RunDir
+from core.runs import RunDamaged, RunDir
+from core.safetext import markdown_literal
 from core.workspace import workspace_dir
-from pages._common import (current_augmentation, current_workspace, device_info, ensure_app_shell, need_dataset,
-                           remember_run, require_train_profile, selected_run_id, show_error)
+from pages._common import (current_augmentation, current_workspace, device_info, ensure_app_shell, literal_names,
+                           need_dataset, remember_run, require_train_profile, selected_run_id, show_error)
 
 POLL_SECONDS = 2.0
 SEEN_STATE_KEY = "train_seen_state"  # (run id, state, active) at the last redraw, to notice a run changing state
 IMAGE_SIZES = [96, 128, 160, 192, 224, 240, 256, 260, 288, 300, 320, 380, 384, 456, 528, 600]
 LEARNING_RATES = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 DEFAULTS = TrainConfig()
+
+
+def saved_setting(state: dict, key: str, default: float) -> float:
+    """A number the Data page saved in the workspace (split share, seed), or the default when it is not one:
+    a hand-edited state.json must not break this page (Start then checks its range like any setting)."""
+    value = state.get(key, default)
+    return value if isinstance(value, type(default)) and not isinstance(value, bool) else default
 
 
 def settings(dataset_root: Path, accelerator: str) -> dict:
@@ -68,8 +76,8 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
             "finetune_lr": finetune_lr, "unfreeze_stages": int(unfreeze), "early_stopping_patience": int(patience),
             "dropout": float(dropout), "label_smoothing": float(smoothing), "class_weights": bool(class_weights),
             "tta": bool(tta), "run_name": run_name, "augmentation": current_augmentation(),
-            "val_fraction": float(state.get("val_fraction", DEFAULTS.val_fraction)),
-            "seed": int(state.get("seed", DEFAULTS.seed))}
+            "val_fraction": float(saved_setting(state, "val_fraction", DEFAULTS.val_fraction)),
+            "seed": int(saved_setting(state, "seed", DEFAULTS.seed))}
 
 
 def start(values: dict) -> None:
@@ -89,7 +97,31 @@ def phase_steps(view: jobs.RunView) -> str:
     """'✓ Loading the backbone · ✓ Decoding images · ▸ Computing frozen-base features · ○ Fitting the head'."""
     marks = {"done": "✓", "running": "▸", "pending": "○"}
     phases = view.status.get("phases") or []
-    return " · ".join(f"{marks.get(p.get('state'), '○')} {p.get('label')}" for p in phases)
+    # Labels come from status.json: shown as text, whatever that file holds.
+    return " · ".join(f"{marks.get(str(p.get('state')), '○')} {markdown_literal(p.get('label'), 60)}"
+                      for p in phases)
+
+
+def run_text(run: RunDir, sentence: str) -> str:
+    """A sentence about the run for Markdown: its class names kept literal, its dataset named by its folder name
+    rather than its path on the server (a damaged classes.json or config.json just leaves them as they are)."""
+    try:
+        classes = run.read_classes()
+    except RunDamaged:
+        classes = []
+    try:
+        data = run.read_config().get("data")
+    except RunDamaged:
+        data = None
+    return literal_names(sentence, classes, [Path(data)] if data else [])
+
+
+def damage_notes(run: RunDir, view: jobs.RunView, metrics_note: str | None) -> None:
+    """One warning per damaged file of the run (status, config, classes, split, report) and skipped metrics;
+    a damage the headline already gives as the run's error is not said twice."""
+    for line in run.damage() + ([metrics_note] if metrics_note else []):
+        if line != view.error:
+            st.warning(line, icon=":material/report:")
 
 
 def render_run(run_id: str) -> None:
@@ -117,16 +149,18 @@ def render_run(run_id: str) -> None:
             # on_click runs before the redraw, so the very next drawing already says "Stopping…"
             st.button("Stop", icon=":material/stop_circle:", key="stop_run", on_click=jobs.stop, args=(run,))
     elif view.state == "failed":
-        st.error(view.headline)
+        st.error(run_text(run, view.headline))
         with st.expander("End of the trainer's log"):
             st.code(jobs.log_tail(run, 40), language=None)
-    epochs = charts.epoch_rows(run.read_metrics())
+    metrics = run.read_metric_lines()
+    damage_notes(run, view, metrics.note(run.run_id))
+    epochs = charts.epoch_rows(metrics.records)
     if not view.active and view.state != "failed":
         if view.model.usable:
-            st.success(view.headline, icon=":material/check_circle:")
+            st.success(run_text(run, view.headline), icon=":material/check_circle:")
         else:
             kept = " Its curves are kept below." if epochs else " Its log is kept in the run folder."
-            st.warning(view.headline + kept, icon=":material/info:")
+            st.warning(run_text(run, view.headline) + kept, icon=":material/info:")
         links = st.columns(4)
         if view.has_model:  # only a run with a model can be picked on Evaluate
             links[0].page_link("pages/evaluate.py", label="Evaluate this run", icon=":material/analytics:")
@@ -199,11 +233,12 @@ dataset = need_dataset()
 active = jobs.active_run(current_workspace().runs_dir())
 if dataset is not None:
     if not dataset.report.trainable:
-        st.error("This dataset cannot be trained on: " + " ".join(dataset.report.errors))
+        st.error(literal_names("This dataset cannot be trained on: " + " ".join(dataset.report.errors),
+                               dataset.classes, [dataset.root]))
         st.page_link("pages/data.py", label="Fix it on the Data page", icon=":material/folder_open:")
     else:
         device = device_info()
-        st.markdown(f"Dataset **{Path(dataset.root).name}**: {len(dataset.classes)} classes, "
+        st.markdown(f"Dataset **{markdown_literal(Path(dataset.root).name, 60)}**: {len(dataset.classes)} classes, "
                     f"{dataset.report.usable_images:,} images. Augmentation: "
                     f"{describe_spec(resolve_spec(current_augmentation()))} (change it on the Augment page).")
         values = settings(dataset.root, device.get("accelerator", "cpu"))

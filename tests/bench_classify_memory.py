@@ -8,14 +8,13 @@ old: what pages/classify.py did before: every upload decoded at full size (core.
      model fed `classify_arrays` (which resizes), heatmaps computed on and overlaid over the full-size photo.
 new: core.predict.decode_uploads: each JPEG decoded at reduced DCT scale straight to the model's size plus a 384 px
      preview, heatmaps from the model-size input.
-Peak RSS is each child's own `ru_maxrss` (Linux: KiB); Streamlit's own encoding of the shown images is not included.
+Peak RSS is each child's own VmHWM; Streamlit's own encoding of the shown images is not included.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,8 @@ def write_photos(folder: Path, count: int = PHOTOS, side: int = SIDE) -> list[Pa
 
 
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """VmHWM, this process image's peak (ru_maxrss would start at the parent's size after a vfork exec)."""
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
 
 
 def child(how: str, photos: list[Path], run: str | None, size: int) -> dict:

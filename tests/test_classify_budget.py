@@ -62,17 +62,21 @@ def huge_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # A fresh interpreter per measurement, so the peak RSS it reports belongs to that decode alone.
 MEASURE = """
-import json, resource, sys
+import json, sys
+# VmHWM, the peak of this process image: ru_maxrss would start at the parent's size (Linux keeps the high-water mark
+# across the exec of a vfork child), so a large pytest process would hide any growth.
+def peak_kb():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 from pathlib import Path
 from core.images import decode_for_model_and_thumbnail, decode_image
 data = Path(sys.argv[2]).read_bytes()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kb()
 if sys.argv[1] == "budgeted":
     photo = decode_for_model_and_thumbnail(data, "huge.jpg", 224)
     shapes = [list(photo.model_input.shape), list(photo.thumbnail.shape), photo.decoded_pixels]
 else:
     shapes = [list(decode_image(data, "huge.jpg").shape)]
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kb()
 print(json.dumps({"growth_mb": (after - before) / 1024, "shapes": shapes}))
 """
 

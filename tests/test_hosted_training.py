@@ -65,22 +65,28 @@ def test_the_cli_refuses_an_over_limit_run_and_leaves_no_run_folder(tmp_path, fl
 
 
 def test_a_run_past_its_time_limit_stops_keeps_its_best_model_and_is_evaluated(tmp_path, flowers_dir):
-    """45 s: the head is fitted in about 15 s, five fine-tuning epochs at 300 px take about a minute."""
+    """A one-minute limit: the head is fitted in about 15 s (45 s on a machine three times slower), and 50
+    fine-tuning epochs with early stopping switched off take minutes on any CPU."""
+    import json
+
+    config = tmp_path / "long.json"
+    config.write_text(json.dumps({"early_stopping_patience": 100, "reduce_lr_patience": 100}))
     started = time.monotonic()
-    result = run_cli("--models-dir", str(tmp_path), "train", "--data", str(flowers_dir), "--image-size", "300",
-                     "--finetune-epochs", "5", env={"STUDIO_HOSTED": "1", "STUDIO_HOSTED_MAX_MINUTES": "0.75"},
-                     timeout=600)
+    result = run_cli("--models-dir", str(tmp_path / "runs"), "train", "--data", str(flowers_dir), "--config",
+                     str(config), "--image-size", "160", "--finetune-epochs", "50",
+                     env={"STUDIO_HOSTED": "1", "STUDIO_HOSTED_MAX_MINUTES": "1",
+                          "STUDIO_HOSTED_MAX_FINETUNE_EPOCHS": "50"}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     run = RunDir(Path(result.stdout.strip().splitlines()[-1]))
     status = run.read_status()
     assert status["state"] == "stopped" and status["stop_reason"] == "time_limit"
     assert status["stopped_in"] == "finetune", status
-    assert "0.75-minute limit" in status["message"] and "kept and evaluated" in status["message"]
+    assert "1-minute limit" in status["message"] and "kept and evaluated" in status["message"]
     assert (run.path / "model.keras").is_file()
     assert run.read_evaluation()["accuracy"] > 0.5
     finetune_epochs = [m for m in run.read_metrics() if m["kind"] == "epoch" and m["phase"] == "finetune"]
-    assert len(finetune_epochs) < 5
-    assert time.monotonic() - started < 150
+    assert 0 < len(finetune_epochs) < 50
+    assert time.monotonic() - started < 180
 
 
 def test_the_deadline_stops_training_but_never_the_final_evaluation(hosted, tmp_path):

@@ -4,12 +4,18 @@ The UI never trains in its own process (Streamlit reruns scripts and a reload st
 `python -m core --models-dir DIR train --config DIR/ID/config.json --run-id ID` with its output in the run
 folder's `train.log`. Everything a page shows comes from the run folder, which any tab or a restarted server can
 read. One job at a time per models folder: two trainings would share one GPU (or two CPU cores) and both crawl.
+
+When the machine's one training slot is taken (by any session), Start does not refuse: the run joins a queue (one
+file per waiting run in `<lock folder>/queue/`, oldest first) with its place in line and an estimate of when it
+starts. Whoever frees the slot starts the next one: the trainer process as it ends, or any page that looks
+(`dispatch`), so the queue moves even when the server restarted or a trainer was killed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -29,6 +35,10 @@ LOG = "train.log"
 JOB = "job.json"  # the launcher's record: child pid, command line, start time
 START_LOCK = ".start.lock"  # held while a Start checks for a busy slot and launches (flock)
 SLOT = "active-job.json"  # in the lock folder: the one run that may train now, whichever workspace it is in
+QUEUE = "queue"  # in the lock folder: one JSON file per run waiting for the slot, named so that oldest sorts first
+HISTORY = "history.jsonl"  # in the queue folder: runs the queue started, to estimate how long the next ones take
+QUEUE_ENV = "STUDIO_QUEUE_DIR"  # tells a trainer started from the queue where to hand the slot on when it ends
+TYPICAL_RUN_SECONDS = 300.0  # the wait per run ahead before any run has finished here
 ACTIVE_STATES = ("queued", "running")
 STARTING_SHARE = 0.05  # of the progress bar, for starting the trainer process before its first phase
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,19 +54,25 @@ def start_training(config: TrainConfig, models_dir: Path, run_name: str = "", py
     runs never train at once); the check and the launch happen under one file lock, so two Start clicks
     arriving together start one job.
     """
+    from core.hosting import check_training_limits
+    from core.workspace import workspace_of
+
     config.validate()
+    check_training_limits(config)  # hosted mode: what one visitor may ask for
     models_dir = Path(models_dir)
+    visitor = workspace_of(models_dir)
+    if visitor is not None:
+        visitor.check_quota("a training run")
     lock_dir = Path(lock_dir or models_dir)
     with start_lock(lock_dir):
         busy = active_run(models_dir)
         if busy is not None:
             raise StudioError(f"Run {busy.run_id} is still {run_state(busy)['state']}; stop it or wait for it to "
                               "finish before starting another (one training at a time).")
-        if slot_busy(lock_dir):
-            raise StudioError("Another session is training on this machine right now (one training at a time); "
-                              "try again when it has finished.")
-        run = _launch(config, models_dir, run_name, python)
-        write_json_atomic(lock_dir / SLOT, {"run": str(run.path.resolve()), **read_json(run.file(JOB), {})})
+        if slot_busy(lock_dir) or _queue_entries(lock_dir):  # first come, first served
+            return _enqueue(config, models_dir, run_name, python, lock_dir)
+        run = _create_run(config, models_dir, run_name)
+        _start_trainer(run, models_dir, python, lock_dir)
     return run
 
 
@@ -91,40 +107,188 @@ def slot_busy(lock_dir: Path) -> bool:
     return process_alive(slot.get("pid"), slot.get("pid_start"))  # its folder was deleted under it
 
 
-def _launch(config: TrainConfig, models_dir: Path, run_name: str, python: str | None) -> RunDir:
-    """Create the run folder and start the trainer; on a disk or permission error remove only this new folder."""
+def _create_run(config: TrainConfig, models_dir: Path, run_name: str, **status: Any) -> RunDir:
+    """A new run folder with its config and a queued status; on a disk or permission error nothing is left."""
     run: RunDir | None = None
-    child: subprocess.Popen | None = None
     try:
         run = RunDir.create(models_dir, new_run_id())
         values = config.to_dict()
         if run_name:
             values["run_name"] = run_name
         run.write_config(values)
-        run.set_status("queued", message="Starting the trainer", created=time.time())
+        run.set_status("queued", **{"message": "Starting the trainer", "created": time.time(), **status})
+    except OSError as err:
+        if run is not None:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise StudioError(f"Could not start a run in {Path(models_dir).name} ({err.strerror or type(err).__name__}); "
+                          "earlier runs are untouched. Free some disk space or check the folder's permissions.") \
+            from None
+    return run
+
+
+def _start_trainer(run: RunDir, models_dir: Path, python: str | None, lock_dir: Path) -> None:
+    """Launch the trainer on a run folder and give it the slot (the caller holds the start lock). On a disk or
+    permission error the run is removed, as if Start had never been clicked."""
+    child: subprocess.Popen | None = None
+    try:
         command = [python or sys.executable, "-m", "core", "--models-dir", str(Path(models_dir).resolve()),
                    "train", "--config", str(run.file("config.json").resolve()), "--run-id", run.run_id]
         with open(run.file(LOG), "ab") as log:
             # A new session: the trainer outlives a Streamlit restart and gets no Ctrl-C meant for the server.
             child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, env=_child_env())
+                                     stdin=subprocess.DEVNULL, start_new_session=True, env=_child_env(lock_dir))
         _children[child.pid] = child
         write_json_atomic(run.file(JOB), {"pid": child.pid, "pid_start": process_start_ticks(child.pid),
                                           "command": command, "started": time.time()})
+        write_json_atomic(Path(lock_dir) / SLOT, {"run": str(run.path.resolve()), **read_json(run.file(JOB), {})})
     except OSError as err:
         if child is not None:
             child.kill()
             child.wait()
-        if run is not None:
-            shutil.rmtree(run.path, ignore_errors=True)
-        raise StudioError(f"Could not start a run in {models_dir} ({err.strerror or type(err).__name__}); earlier "
-                          "runs are untouched. Free some disk space or check the folder's permissions.") from None
+        shutil.rmtree(run.path, ignore_errors=True)
+        raise StudioError(f"Could not start a run in {Path(models_dir).name} ({err.strerror or type(err).__name__}); "
+                          "earlier runs are untouched. Free some disk space or check the folder's permissions.") \
+            from None
+
+
+# ----------------------------------------------------------------------------------------- the queue
+def _queue_dir(lock_dir: Path) -> Path:
+    return Path(lock_dir) / QUEUE
+
+
+def _queue_entries(lock_dir: Path) -> list[Path]:
+    """The waiting runs' queue files, oldest first."""
+    folder = _queue_dir(lock_dir)
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def _enqueue(config: TrainConfig, models_dir: Path, run_name: str, python: str | None, lock_dir: Path) -> RunDir:
+    """A run folder that waits for the slot, and its place at the end of the queue."""
+    entry = _queue_dir(lock_dir) / f"{time.time_ns():020d}-{new_run_id()}.json"
+    run = _create_run(config, models_dir, run_name, waiting=True, queue_entry=str(entry),
+                      message="Waiting for the training slot")
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(entry, {"run": str(run.path.resolve()), "models_dir": str(Path(models_dir).resolve()),
+                                  "python": python, "enqueued": time.time()})
+    except OSError as err:
+        shutil.rmtree(run.path, ignore_errors=True)
+        raise StudioError(f"Could not join the training queue ({err.strerror or type(err).__name__}); try again.") \
+            from None
     return run
 
 
-def _child_env() -> dict[str, str]:
-    """The server's environment, with the repository importable and Python output unbuffered (live log)."""
+def dispatch(lock_dir: Path) -> RunDir | None:
+    """Start the oldest waiting run if the slot is free (runs cancelled or deleted meanwhile are dropped from the
+    queue); return it. Cheap when there is nothing to do, so any page may call it whenever it looks."""
+    lock_dir = Path(lock_dir)
+    if not _queue_entries(lock_dir):
+        return None
+    with start_lock(lock_dir):
+        if slot_busy(lock_dir):
+            return None
+        for entry in _queue_entries(lock_dir):
+            record = _read_json_quietly(entry)
+            run = RunDir(record["run"]) if isinstance(record.get("run"), str) else None
+            waiting = run is not None and run.file("config.json").is_file() and not run.stop_requested() \
+                and _read_json_quietly(run.file("status.json")).get("waiting") is True
+            if not waiting:
+                entry.unlink(missing_ok=True)  # cancelled, deleted, or not ours to start
+                continue
+            run.set_status("queued", waiting=False, queue_entry=None, message="Starting the trainer",
+                           created=time.time())
+            try:
+                _start_trainer(run, Path(record.get("models_dir") or run.path.parent), record.get("python"),
+                               lock_dir)
+            finally:
+                entry.unlink(missing_ok=True)
+            _append_history(lock_dir, run)
+            return run
+    return None
+
+
+def _append_history(lock_dir: Path, run: RunDir) -> None:
+    try:
+        with open(_queue_dir(lock_dir) / HISTORY, "a", encoding="utf-8") as history:
+            history.write(json.dumps({"run": str(run.path.resolve())}) + "\n")
+    except OSError:
+        pass  # only the wait estimate is poorer without it
+
+
+def typical_run_seconds(lock_dir: Path, last: int = 10) -> float:
+    """How long the last runs the queue started took (median), capped by the hosted time limit."""
+    from core.hosting import run_time_limit_seconds
+
+    durations = []
+    try:
+        lines = (_queue_dir(lock_dir) / HISTORY).read_text(encoding="utf-8").splitlines()[-last:]
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            status = _read_json_quietly(Path(json.loads(line)["run"]) / "status.json")
+            started, finished = float(status["started"]), float(status["finished"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if finished > started:
+            durations.append(finished - started)
+    typical = sorted(durations)[len(durations) // 2] if durations else TYPICAL_RUN_SECONDS
+    limit = run_time_limit_seconds()
+    return min(typical, limit) if limit else typical
+
+
+@dataclass
+class QueuePlace:
+    """Where a waiting run stands: 1 = next; the seconds until it is expected to start."""
+
+    position: int
+    waiting_ahead: int
+    eta_seconds: float
+
+    def describe(self) -> str:
+        ordinal = {1: "next", 2: "2nd in line", 3: "3rd in line"}.get(self.position, f"{self.position}th in line")
+        return f"Waiting for the training slot: {ordinal}, starts in about " \
+               f"{core_progress.format_seconds(max(self.eta_seconds, 1.0))}"
+
+
+def queue_place(run: RunDir, lock_dir: Path) -> QueuePlace | None:
+    """The run's place in the queue and an estimate of its start (the slot's remaining time plus a typical run
+    for each run ahead), or None when it is not waiting."""
+    mine = str(run.path.resolve())
+    entries = _queue_entries(lock_dir)
+    runs = [_read_json_quietly(e).get("run") for e in entries]
+    if mine not in runs:
+        return None
+    ahead = runs.index(mine)
+    typical = typical_run_seconds(lock_dir)
+    slot = _read_json_quietly(Path(lock_dir) / SLOT)
+    current = 0.0
+    if slot_busy(lock_dir) and isinstance(slot.get("run"), str):
+        status = _read_json_quietly(Path(slot["run"]) / "status.json")
+        eta = status.get("eta_seconds")
+        current = float(eta) if isinstance(eta, (int, float)) and eta >= 0 else typical / 2
+    return QueuePlace(ahead + 1, ahead, current + ahead * typical)
+
+
+def leave_queue(run: RunDir) -> bool:
+    """Take a waiting run out of the queue (its Stop): it ends as stopped without having started."""
+    status = _read_json_quietly(run.file("status.json"))
+    if status.get("waiting") is not True:
+        return False
+    entry = status.get("queue_entry")
+    if isinstance(entry, str) and entry.endswith(".json") and Path(entry).parent.name == QUEUE:
+        Path(entry).unlink(missing_ok=True)
+    run.set_status("stopped", waiting=False, queue_entry=None, finished=time.time(), phase="done", fraction=1.0,
+                   message="Left the queue before it started; nothing was trained.")
+    return True
+
+
+def _child_env(lock_dir: Path | None = None) -> dict[str, str]:
+    """The server's environment, with the repository importable and Python output unbuffered (live log), and the
+    queue the trainer hands the slot on to when it ends."""
     env = dict(os.environ)
+    if lock_dir is not None:
+        env[QUEUE_ENV] = str(Path(lock_dir).resolve())
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -205,6 +369,14 @@ def run_state(run: RunDir) -> dict[str, Any]:
         return {"state": "failed", "error": f"The run's status file cannot be read ({err})."}
     if status.get("state") not in ACTIVE_STATES:
         return status
+    if status.get("waiting") is True:  # in the queue: no trainer to watch, only its place in line
+        entry = status.get("queue_entry")
+        if isinstance(entry, str) and Path(entry).is_file():
+            return status
+        status = run.effective_status()  # dispatch may have started it just now
+        if status.get("waiting") is True:
+            return {**status, "state": "failed", "error": "The run left the training queue without being started "
+                                                          "(the queue was cleared); start it again."}
     job = _read_json_quietly(run.file(JOB))
     age = time.time() - float(status.get("heartbeat") or 0)
     if job.get("pid"):
@@ -241,8 +413,11 @@ def active_run(models_dir: Path) -> RunDir | None:
 
 
 def stop(run: RunDir) -> None:
-    """Ask the trainer to stop at its next batch, keeping the best model so far."""
+    """Ask the trainer to stop at its next batch, keeping the best model so far; a run still waiting in the queue
+    leaves it at once."""
     if run_state(run).get("state") in FINAL_STATES:
+        return
+    if leave_queue(run):
         return
     run.request_stop()
 
@@ -335,6 +510,7 @@ class RunView:
     error: str | None = None
     stalled: str | None = None
     has_model: bool = False
+    queue: QueuePlace | None = None  # a run waiting for the training slot: its place in line
 
     @property
     def active(self) -> bool:
@@ -343,6 +519,8 @@ class RunView:
     @property
     def headline(self) -> str:
         """One sentence for the run as a whole."""
+        if self.state == "queued" and self.queue is not None:
+            return self.queue.describe() + "."
         if self.state == "queued":
             return "Starting the trainer…"
         if self.state == "running":
@@ -364,6 +542,14 @@ class RunView:
 def run_view(run: RunDir) -> RunView:
     """The run's state as every page shows it (see RunView)."""
     status = run_state(run)
+    queue = None
+    entry = status.get("queue_entry")
+    if status.get("waiting") is True and isinstance(entry, str):
+        lock_dir = Path(entry).parent.parent
+        with contextlib.suppress(StudioError, OSError):
+            dispatch(lock_dir)  # whoever looks moves the queue (a trainer that died cannot hand the slot on)
+        status = run_state(run)
+        queue = queue_place(run, lock_dir) if status.get("waiting") is True else None
     state = status.get("state", "queued")
     if state in ACTIVE_STATES and run.stop_requested():
         state = "stopping"
@@ -372,11 +558,13 @@ def run_view(run: RunDir) -> RunView:
     except ValueError:  # a damaged config.json (core.runs.RunDamaged) must not hide the run's state
         config = {}
     fraction, caption = progress({**status, "state": "running" if state == "stopping" else state}, config)
+    if queue is not None:
+        fraction, caption = 0.0, queue.describe()
     verdict = model_verdict(run) if state not in ACTIVE_STATES and state != "stopping" else \
         ModelVerdict(False, "The run is still training.")
     return RunView(run.run_id, state, fraction, caption, status, verdict,
                    error=status.get("error") if state == "failed" else None, stalled=status.get("stalled"),
-                   has_model=run.has_model())
+                   has_model=run.has_model(), queue=queue)
 
 
 # The UI used to train at 160 px on a CPU to keep the first model under two minutes. Since the head is fitted

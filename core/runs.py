@@ -485,6 +485,8 @@ class RunDir:
         now = time.time() if now is None else now
         if status.get("state") not in ("running", "queued"):
             return status
+        if status.get("state") == "queued" and status.get("waiting") is True:
+            return status  # in the training queue (core.jobs): no trainer yet, so no heartbeat to expect
         heartbeat = status.get("heartbeat")
         if heartbeat is not None and heartbeat > now + HEARTBEAT_TIMEOUT_SECONDS:
             status.pop("heartbeat")  # from the future: written by no trainer of this machine's clock

@@ -214,6 +214,7 @@ class Trainer:
             self.run.set_status("stopped", finished=time.time(), phase="done", message="", eta_seconds=0,
                                 fraction=1.0, stopped_in=self._current_phase())
             print(self.run.path, flush=True)
+            pass_the_slot()
             os._exit(0)
 
     def _set_up(self, dataset: Dataset, split: dict[str, list[Sample]]) -> int:
@@ -630,6 +631,7 @@ def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Pat
     except StudioError as err:
         if run is not None:  # the UI made the folder already: record why it failed
             run.set_status("failed", error=str(err), finished=time.time())
+            pass_the_slot()
         raise
     cluster = cluster_from_env()
     if cluster is not None and cluster.process_id > 0:
@@ -653,6 +655,7 @@ def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Pat
     except BaseException as err:
         message = str(err) if isinstance(err, StudioError) else f"{type(err).__name__}: {err}"
         run.set_status("failed", error=message, traceback=traceback.format_exc()[-4000:], finished=time.time())
+        pass_the_slot()
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -663,7 +666,22 @@ def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Pat
     run.set_status(final, finished=time.time(), phase="done", message=message, eta_seconds=0, fraction=1.0,
                    stopped_in=trainer.stopped_in if trainer.stopped else None,
                    stop_reason="time_limit" if trainer.time_limited and not trainer.stop_signalled else None)
+    pass_the_slot()
     return run
+
+
+def pass_the_slot() -> None:
+    """A trainer started from the app's queue (core.jobs) starts the next waiting run as it ends, so the queue moves
+    even when no page is open. Never fails the run that is ending."""
+    queue = os.environ.get("STUDIO_QUEUE_DIR")
+    if not queue:
+        return
+    from core import jobs
+
+    try:
+        jobs.dispatch(Path(queue))
+    except Exception as err:  # the next page that looks will start it instead
+        print(f"could not start the next queued run: {err}", flush=True)
 
 
 def _install_stop_signal(trainer: Trainer):

@@ -82,6 +82,9 @@ def folder_tab() -> None:
     max_bytes, rule = per_file_mb * 1024**2, "the server's maxUploadSize"
     if limits.max_total_bytes < max_bytes:
         max_bytes, rule = limits.max_total_bytes, "STUDIO_MAX_UPLOAD_MB, the limit on what one upload unpacks to"
+    quota_left = current_workspace(sync_address=False).quota_left()
+    if quota_left is not None and quota_left < max_bytes:  # refused in the browser: nothing is sent
+        max_bytes, rule = quota_left, "what is left of your workspace's quota; the Workspace page frees space"
     upload = folder_picker(max_bytes, rule, limits.max_files)
     if FOLDER_ERROR_KEY in st.session_state:
         st.error(st.session_state.pop(FOLDER_ERROR_KEY), icon=":material/error:")

@@ -7,6 +7,7 @@ import streamlit as st
 from core import StudioError, charts, jobs
 from core.backbones import BACKBONES, DEFAULT_BACKBONE
 from core.config import TrainConfig
+from core.hosting import training_limits
 from core.imagecache import cache_size, clear as clear_cache, default_cache_dir
 from core.runs import RunDamaged, RunDir
 from core.safetext import markdown_literal
@@ -32,23 +33,32 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
     """The training settings as config values; defaults make Start alone work."""
     quick = jobs.recommended_settings(accelerator)
     state = current_workspace().load_state()
-    names = list(BACKBONES)
+    limits = training_limits()  # a hosted demo offers only what a visitor may start
+    if limits is not None:
+        st.caption(limits.describe())
+    names = [n for n in BACKBONES if limits is None or n in limits.backbones]
+    sizes = [s for s in IMAGE_SIZES if limits is None or s <= limits.max_image_size]
     left, middle, right = st.columns(3)
-    backbone = left.selectbox("Backbone", names, index=names.index(DEFAULT_BACKBONE), key="backbone",
+    backbone = left.selectbox("Backbone", names, index=names.index(DEFAULT_BACKBONE) if DEFAULT_BACKBONE in names
+                              else 0, key="backbone",
                               format_func=lambda n: f"{BACKBONES[n].label} · {BACKBONES[n].native_size} px")
     native = BACKBONES[backbone].native_size
     recipe = BACKBONES[backbone].recipe_size
-    size = middle.select_slider("Image size (pixels)", IMAGE_SIZES, value=recipe, key="image_size",
+    size = middle.select_slider("Image size (pixels)", sizes, value=recipe if recipe in sizes else sizes[-1],
+                                key="image_size",
                                 help=f"Native size of {BACKBONES[backbone].label}: {native} px. Smaller trains "
                                      "faster; larger sees more detail.")
     middle.caption(f"Native size: {native} px" + (f" · recipe default: {recipe} px (frozen features are better a "
                                                    "little above the training size)" if recipe != native else ""))
-    head_epochs = right.number_input("Head epochs (phase 1, frozen base)", 1, 200, DEFAULTS.head_epochs,
+    head_epochs = right.number_input("Head epochs (phase 1, frozen base)", 1,
+                                     limits.max_head_epochs if limits else 200, DEFAULTS.head_epochs,
                                      key="head_epochs",
                                      help="With cached features (the default) the head is fitted exactly in "
                                           "seconds and this only needs to be above 0; with head_mode 'images' "
                                           "it is an upper bound that early stopping ends sooner.")
-    finetune_epochs = right.number_input("Fine-tune epochs (phase 2)", 0, 100, quick["finetune_epochs"],
+    most_finetune = limits.max_finetune_epochs if limits else 100
+    finetune_epochs = right.number_input("Fine-tune epochs (phase 2)", 0, most_finetune,
+                                         min(quick["finetune_epochs"], most_finetune),
                                          key="finetune_epochs",
                                          help="0 trains the head only (quick on a CPU). Fine-tuning unfreezes the "
                                               "top of the backbone at a ~100x lower learning rate.")
@@ -242,13 +252,15 @@ if dataset is not None:
                     f"{dataset.report.usable_images:,} images. Augmentation: "
                     f"{describe_spec(resolve_spec(current_augmentation()))} (change it on the Augment page).")
         values = settings(dataset.root, device.get("accelerator", "cpu"))
+        jobs.dispatch(workspace_dir())  # a slot freed by a trainer that died is handed on here
         busy_elsewhere = active is None and jobs.slot_busy(workspace_dir())
         if active is not None:
-            st.caption(f"Run {active.run_id} is training; a new run can start when it ends or is stopped.")
+            st.caption(f"Run {active.run_id} is training or waiting; a new run can start when it ends or is "
+                       "stopped.")
         elif busy_elsewhere:
-            st.caption("Another session is training on this machine; a new run can start when it has finished.")
-        if st.button("Start training", type="primary", icon=":material/play_arrow:",
-                     disabled=active is not None or busy_elsewhere):
+            st.caption("Another session is training on this machine: a run started now waits in the queue, with its "
+                       "place in line and an estimate of when it starts.")
+        if st.button("Start training", type="primary", icon=":material/play_arrow:", disabled=active is not None):
             start(values)
         cache_section(busy=active is not None)
 

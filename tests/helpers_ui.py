@@ -54,10 +54,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(workspace: Path, log: Path) -> Iterator[str]:
-    """`streamlit run streamlit_app.py` on a free port with its own workspace; yields the base URL."""
+def streamlit_server(workspace: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`streamlit run streamlit_app.py` on a free port with its own workspace (and `env` on top of ours); yields
+    the base URL."""
     port = free_port()
-    env = {**os.environ, "STUDIO_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "STUDIO_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1", **(env or {})}
     command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
                "--server.headless", "true", "--server.fileWatcherType", "none",
                "--browser.gatherUsageStats", "false"]

@@ -429,13 +429,13 @@ def kill_jobs(models: Path) -> None:
 
 def test_two_simultaneous_starts_start_one_job_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     models, python = tmp_path / "runs", fake_python(tmp_path)
-    real_launch = jobs._launch
+    real_start = jobs._start_trainer
 
-    def slow_launch(*args, **kwargs):
+    def slow_start(*args, **kwargs):
         time.sleep(0.3)  # widen the window in which an unlocked check would let both through
-        return real_launch(*args, **kwargs)
+        return real_start(*args, **kwargs)
 
-    monkeypatch.setattr(jobs, "_launch", slow_launch)
+    monkeypatch.setattr(jobs, "_start_trainer", slow_start)
     barrier, results = threading.Barrier(2), []
 
     def click() -> None:
@@ -488,15 +488,31 @@ def test_two_simultaneous_starts_start_one_job_processes(tmp_path: Path) -> None
         kill_jobs(models)
 
 
-def test_one_training_at_a_time_across_sessions(tmp_path: Path) -> None:
+def test_a_second_session_queues_and_starts_when_the_slot_frees(tmp_path: Path) -> None:
+    """One training at a time on the machine: Bob's Start, while Alice trains, joins a queue with his place and an
+    estimate, says nothing about Alice's run, and starts as soon as the slot is free; Carol leaves the queue."""
     root, python = tmp_path / "ws", fake_python(tmp_path)
-    alice, bob = Workspace(root / "sessions" / ("a" * 32)), Workspace(root / "sessions" / ("b" * 32))
+    alice, bob, carol = (Workspace(root / "sessions" / (c * 32)) for c in "abc")
     try:
-        jobs.start_training(TrainConfig(data=str(tmp_path)), alice.runs_dir(), python=python, lock_dir=root)
-        with pytest.raises(StudioError, match="Another session is training") as refused:
-            jobs.start_training(TrainConfig(data=str(tmp_path)), bob.runs_dir(), python=python, lock_dir=root)
-        assert "run-" not in str(refused.value)  # says nothing about the other session's run
-        assert jobs.slot_busy(root)
+        first = jobs.start_training(TrainConfig(data=str(tmp_path)), alice.runs_dir(), python=python, lock_dir=root)
+        second = jobs.start_training(TrainConfig(data=str(tmp_path)), bob.runs_dir(), python=python, lock_dir=root)
+        third = jobs.start_training(TrainConfig(data=str(tmp_path)), carol.runs_dir(), python=python, lock_dir=root)
+        view = jobs.run_view(second)
+        assert view.state == "queued" and view.active and view.queue.position == 1 and view.queue.eta_seconds > 0
+        assert view.headline.startswith("Waiting for the training slot: next, starts in about")
+        assert first.run_id not in view.headline and "run-" not in view.caption
+        assert jobs.run_view(third).queue.position == 2
+        assert not (second.path / jobs.JOB).exists() and jobs.dispatch(root) is None  # the slot is busy
+        kill_jobs(alice.runs_dir())
+        assert jobs.run_view(first).state == "failed"  # its stand-in trainer is gone: the slot is free
+        assert jobs.run_view(second).queue is None and (second.path / jobs.JOB).is_file()  # looking started it
+        assert jobs.run_view(second).state == "queued" and jobs.slot_busy(root)
+        assert jobs.run_view(third).queue.position == 1
+        jobs.stop(third)  # Carol leaves the queue
+        assert jobs.run_view(third).state == "stopped" and "Left the queue" in jobs.run_state(third)["message"]
+        kill_jobs(bob.runs_dir())
+        assert jobs.dispatch(root) is None and not jobs.slot_busy(root)
+        assert not (third.path / jobs.JOB).exists() and list((root / jobs.QUEUE).glob("*.json")) == []
     finally:
         kill_jobs(root)
     assert not jobs.slot_busy(root)
@@ -753,3 +769,18 @@ def test_cli_status_reports_a_killed_run(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["state"] == "failed" and "best" in status["error"]
+
+
+def test_the_wait_estimate_uses_the_runs_the_queue_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "ws"
+    assert jobs.typical_run_seconds(root) == jobs.TYPICAL_RUN_SECONDS  # nothing finished yet
+    (root / jobs.QUEUE).mkdir(parents=True)
+    for minutes in (2, 4, 30):
+        run = RunDir.create(tmp_path / "runs")
+        run.write_config({"data": "x"})
+        run.set_status("succeeded", started=1000.0, finished=1000.0 + 60 * minutes)
+        jobs._append_history(root, run)
+    assert jobs.typical_run_seconds(root) == 240  # the median: one slow run does not inflate every wait
+    monkeypatch.setenv("STUDIO_HOSTED", "1")
+    monkeypatch.setenv("STUDIO_HOSTED_MAX_MINUTES", "3")
+    assert jobs.typical_run_seconds(root) == 180  # never more than a run may take

@@ -99,3 +99,48 @@ def test_the_deadline_stops_training_but_never_the_final_evaluation(hosted, tmp_
     finishing = Trainer(TrainConfig(data="x"), RunDir.create(tmp_path))
     finishing.final_evaluation, finishing.deadline = True, time.monotonic() - 1
     assert not finishing._stop_now() and not finishing.time_limited and not finishing.stopped
+
+
+def test_train_page_offers_only_what_a_visitor_may_start_and_queues_behind_another_session(
+        tmp_path, monkeypatch):
+    """Hosted: the Train page lists the allowed backbones and sizes and says the limits; with another session
+    training, Start is not refused: the run waits in the queue and the page says its place."""
+    from test_app import app, no_exceptions, pick_folder, texts, workspace as _unused  # noqa: F401
+    from test_hardening import fake_python, kill_jobs
+    from core import jobs
+    from core.device import DeviceInfo
+    from core.workspace import Workspace
+    import streamlit as st
+
+    root = tmp_path / "ws"
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(root))
+    monkeypatch.setenv("STUDIO_SHARED_WORKSPACE", "1")
+    monkeypatch.setenv("STUDIO_HOSTED", "1")
+    monkeypatch.setenv("STUDIO_DEMO_DIR", str(tmp_path / "demo"))
+    monkeypatch.setattr("core.device.detect_device", lambda: DeviceInfo("tensorflow", "cpu", "CPU only", 1))
+    monkeypatch.setattr("core.samples.is_online", lambda *a, **k: False)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    other = Workspace(root / "sessions" / ("b" * 32))
+    try:
+        busy = jobs.start_training(TrainConfig(data=str(tmp_path)), other.runs_dir(), python=fake_python(tmp_path),
+                                   lock_dir=root)
+        at = app()
+        pick_folder(at)
+        at.switch_page("pages/train.py").run()
+        no_exceptions(at)
+        assert at.selectbox(key="backbone").options == ["EfficientNet-Lite0 (offline weights) · 224 px",
+                                                    "EfficientNet-B0 · 224 px"]
+        assert max(int(o) for o in at.select_slider(key="image_size").options) <= 300
+        assert "This is a shared demo" in texts(at) and "waits in the queue" in texts(at)
+        start = next(b for b in at.button if b.label == "Start training")
+        assert not start.disabled
+        start.click().run()
+        no_exceptions(at)
+        bars = [p.proto.text for p in at.get("progress")]
+        assert any(b.startswith("Waiting for the training slot: next, starts in about") for b in bars), bars
+        assert busy.run_id not in texts(at) + " ".join(bars)
+        (queued,) = [p for p in (root / "runs").iterdir() if p.is_dir()]
+        assert jobs.run_view(RunDir(queued)).queue.position == 1
+    finally:
+        kill_jobs(root)

@@ -70,6 +70,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         values["class_weights"] = False
     if args.no_tta:
         values["tta"] = False
+    if isinstance(values.get("data"), str) and values["data"].lower().endswith(".zip"):
+        values["data"] = str(_unpacked(values["data"]))
     config = TrainConfig.from_dict(values)
     from core.augment import resolve_spec
 
@@ -87,6 +89,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     print(run.path)
     return 0
+
+
+def _unpacked(data: str | Path) -> Path:
+    """--data may be a .zip: unpacked with the upload's checks (core.ingest.dataset_folder), said on stderr."""
+    from core.ingest import dataset_folder
+
+    folder = dataset_folder(data)
+    if folder != Path(data):
+        print(f"{Path(data).name}: unpacked into {folder}", file=sys.stderr)
+    return folder
 
 
 def _models_dir() -> Path:
@@ -118,7 +130,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from core.datasets import scan
 
-    report = scan(args.data).report
+    report = scan(_unpacked(args.data)).report
     _print_json(report.to_dict())
     if not report.trainable:
         print("error: " + " ".join(report.errors), file=sys.stderr)
@@ -203,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=5)
     predict.set_defaults(func=cmd_predict)
 
-    inspect = sub.add_parser("inspect", help="report a dataset folder as JSON; exit 2 if it can't be trained on")
-    inspect.add_argument("data")
+    inspect = sub.add_parser("inspect", help="report a dataset folder (or a .zip of one) as JSON; exit 2 if it "
+                                                "can't be trained on")
+    inspect.add_argument("data", help="a folder of class folders (or train/ val/ test/), or a .zip of one")
     inspect.set_defaults(func=cmd_inspect)
 
     status = sub.add_parser("status", help="print a run's state as JSON (a dead trainer reads failed or stopped)")

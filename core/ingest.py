@@ -390,3 +390,13 @@ def fingerprint(folder: Path | str) -> str:
         info = path.stat()
         digest.update(f"{path.relative_to(root)}|{info.st_size}|{info.st_mtime_ns}\n".encode("utf-8", "replace"))
     return digest.hexdigest()
+
+
+def dataset_folder(data: Path | str, destination: Path | None = None) -> Path:
+    """The dataset folder a command line names: a folder as it is, or a .zip unpacked through the same checks as
+    an upload (names, links, bombs, sizes, streamed to disk) into the workspace's datasets folder. The same zip
+    twice gives the same folder, unpacked once."""
+    path = Path(data)
+    if path.suffix.lower() != ".zip" or not path.is_file():
+        return path
+    return ingest_zip(path, path.name, destination=destination)

@@ -15,6 +15,7 @@ from core.datasets import Dataset, scan
 from core.images import ImageError
 from core.ingest import fingerprint
 from core.runs import RunDir, list_runs
+from core.safetext import markdown_literal
 from core.workspace import (SESSIONS, Workspace, is_plain_name, new_session_id, remove_idle_workspaces,
                             shared_workspace, valid_session_id, workspace_dir)
 
@@ -346,7 +347,7 @@ def sidebar(live_progress: bool = True) -> None:
         st.markdown(f"{line}  \n**Backend:** {core_device.keras_backend()}")
         st.caption("Dataset")
         path = current_dataset_path()
-        st.markdown(f"`{path.name}`" if path else "none chosen")
+        st.markdown(markdown_literal(path.name, 40) if path else "none chosen")  # a visitor's folder name: text
         st.caption("Training")
         training_status(live_progress)
 

@@ -207,7 +207,8 @@ def upload_account(path) -> None:
         + [("skipped", n) for n in account.skipped]
     if notes:
         with st.expander(f"Picked files that are not training images ({len(notes):,})"):
-            st.dataframe(pd.DataFrame([{"file": n.path, "outcome": pile, "reason": n.reason} for pile, n in notes]),
+            st.dataframe(pd.DataFrame([{"file": csv_cell(n.path), "outcome": pile, "reason": csv_cell(n.reason)}
+                                       for pile, n in notes]),
                          width="stretch", hide_index=True)
 
 

@@ -428,7 +428,21 @@ def log_tail(run: RunDir, lines: int = 30) -> str:
         text = run.file(LOG).read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return "(no log was written)"
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+    return redact_paths("\n".join(text.rstrip().splitlines()[-lines:]))
+
+
+def redact_paths(text: str) -> str:
+    """A log for a visitor's eyes: the server's folders (the app, its workspace, the Python installation) named
+    by role instead of by path, so a traceback tells what failed without telling where the server keeps things."""
+    import sysconfig
+
+    from core.workspace import workspace_dir
+
+    roots = {str(REPO_ROOT): "<app>", str(workspace_dir()): "<workspace>",
+             sysconfig.get_paths()["purelib"]: "<python>", sys.prefix: "<python>", sys.base_prefix: "<python>"}
+    for root, name in sorted(roots.items(), key=lambda item: -len(item[0])):  # the longest (innermost) first
+        text = text.replace(root, name)
+    return text
 
 
 def progress(status: dict[str, Any], config: dict[str, Any] | None = None) -> tuple[float, str]:

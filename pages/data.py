@@ -172,17 +172,21 @@ def split_table(dataset) -> None:
     sentence = st.empty()  # above the slider, but worded with the share the slider returns
     workspace = current_workspace(sync_address=False)
     state = workspace.load_state()
+    # A hand-edited state.json must not break the page: a saved value out of type or range reads as the default.
+    saved = state.get("val_fraction")
+    saved = float(saved) if _number(saved) and 0.1 <= saved <= 0.5 else 0.2
+    seed = state.get("seed")
+    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32 else 42
     # The Train page passes no test share, so neither does this preview (split_samples' default 0).
-    fraction = st.slider("Validation share (when there is no val/ folder)", 0.1, 0.5,
-                         float(state.get("val_fraction", 0.2)), 0.05, key="val_fraction",
-                         disabled=not describe_split(dataset).uses_val_fraction)
+    fraction = st.slider("Validation share (when there is no val/ folder)", 0.1, 0.5, saved, 0.05,
+                         key="val_fraction", disabled=not describe_split(dataset).uses_val_fraction)
     sentence.caption(describe_split(dataset, fraction, 0.0).sentence)
     if fraction != state.get("val_fraction", 0.2):
         workspace.save_state(val_fraction=fraction)
     if not dataset.report.trainable:
         return
     try:
-        split = split_samples(dataset, fraction, 0.0, int(state.get("seed", 42)))
+        split = split_samples(dataset, fraction, 0.0, seed)
     except StudioError as err:
         show_error(err)
         return
@@ -192,6 +196,10 @@ def split_table(dataset) -> None:
             rows[dataset.classes[sample.label]][part] += 1
     table = pd.DataFrame.from_dict({csv_cell(name): row for name, row in rows.items()}, orient="index")
     st.dataframe(table.loc[:, (table != 0).any(axis=0)], width="stretch")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def upload_account(path) -> None:

@@ -144,3 +144,20 @@ def test_train_page_offers_only_what_a_visitor_may_start_and_queues_behind_anoth
         assert jobs.run_view(RunDir(queued)).queue.position == 1
     finally:
         kill_jobs(root)
+
+
+def test_a_failed_runs_log_names_the_servers_folders_by_role(tmp_path, monkeypatch):
+    import sys
+    import sysconfig
+
+    from core import jobs
+
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    run = RunDir.create(tmp_path / "ws" / "runs")
+    site = sysconfig.get_paths()["purelib"]
+    run.file(jobs.LOG).write_text(f'  File "{jobs.REPO_ROOT}/core/train.py", line 1\n'
+                                  f'  File "{site}/keras/src/x.py", line 2\n'
+                                  f"OSError: {tmp_path / 'ws' / 'runs' / 'x.bin'}\n")
+    tail = jobs.log_tail(run)
+    assert '"<app>/core/train.py"' in tail and '"<python>/keras/src/x.py"' in tail and "<workspace>/runs/x.bin" in tail
+    assert str(jobs.REPO_ROOT) not in tail and sys.prefix not in tail and str(tmp_path) not in tail

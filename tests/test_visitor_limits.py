@@ -213,3 +213,18 @@ def test_the_workspace_page_lists_and_deletes(per_visitor_app):
     at.button(key="delete_0").click().run()
     assert not data.exists()
     assert any("Nothing is kept for you yet" in i.value for i in at.info)
+
+
+@pytest.mark.parametrize("state", [{"val_fraction": "x", "seed": "y"}, {"val_fraction": 7, "seed": -1},
+                                   {"val_fraction": None, "seed": 2**40}, {"val_fraction": True, "seed": 1.5}])
+def test_a_hand_edited_state_file_does_not_break_the_data_page(tmp_path, monkeypatch, flowers_dir, state):
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.setenv("STUDIO_SHARED_WORKSPACE", "1")
+    monkeypatch.setattr("core.device.detect_device", lambda: DeviceInfo("tensorflow", "cpu", "CPU only", 1))
+    monkeypatch.setattr("core.samples.is_online", lambda *a, **k: False)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    Workspace.root().save_state(dataset=str(flowers_dir), **state)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.slider(key="val_fraction").value == 0.2

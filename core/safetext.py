@@ -15,7 +15,11 @@ import unicodedata
 # change how the surrounding text reads.
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>$~:&\"'=^])")
+# Characters Markdown, Streamlit's extensions (:emoji:, :red[...]), KaTeX ($) or HTML act on anywhere in a line.
+# '-' and '.' only act at the start of a line (a list item, "1."), so they are escaped only there: a folder name
+# such as "flowers-mini" stays readable in the Markdown source too.
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+!|<>$~:&^])")
+LINE_START = re.compile(r"^(\s*)(-|\d+(?=[.)]))")
 DEFAULT_MAX_CHARS = 60
 
 
@@ -41,7 +45,14 @@ def markdown_literal(name: object, max_chars: int | None = None) -> str:
     """A name to put inside Markdown (st.markdown, captions, labels) so it shows exactly as written: every
     character Markdown, KaTeX ($) or HTML acts on is backslash-escaped."""
     text = shorten(name, max_chars) if max_chars else plain(name)
-    return MARKDOWN_SPECIALS.sub(r"\\\1", text)
+    escaped = MARKDOWN_SPECIALS.sub(r"\\\1", text)
+    start = LINE_START.match(escaped)
+    if start and start.group(2) == "-":
+        return start.group(1) + "\\-" + escaped[start.end():]
+    if start:  # "1. name" would start a numbered list: escape the dot (or parenthesis) after the number
+        end = start.end()
+        return escaped[:end] + "\\" + escaped[end:]
+    return escaped
 
 
 def csv_cell(value: object) -> object:

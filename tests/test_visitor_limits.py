@@ -209,7 +209,7 @@ def test_the_workspace_page_lists_and_deletes(per_visitor_app):
     at.switch_page("pages/workspace.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("2.0 MB of 1,024.0 MB used" in (p.proto.text or "") for p in at.get("progress"))
-    assert any(r"\*\*bold\*\*\-1234" in m.value for m in at.markdown)  # shown literally, not bold
+    assert any(r"\*\*bold\*\*-1234" in m.value for m in at.markdown)  # shown literally, not bold
     at.button(key="delete_0").click().run()
     assert not data.exists()
     assert any("Nothing is kept for you yet" in i.value for i in at.info)

@@ -255,8 +255,8 @@ if dataset is not None:
         jobs.dispatch(workspace_dir())  # a slot freed by a trainer that died is handed on here
         busy_elsewhere = active is None and jobs.slot_busy(workspace_dir())
         if active is not None:
-            st.caption(f"Run {active.run_id} is training or waiting; a new run can start when it ends or is "
-                       "stopped.")
+            doing = "waiting in the queue" if jobs.run_view(active).queue is not None else "training"
+            st.caption(f"Run {active.run_id} is {doing}; a new run can start when it ends or is stopped.")
         elif busy_elsewhere:
             st.caption("Another session is training on this machine: a run started now waits in the queue, with its "
                        "place in line and an estimate of when it starts.")

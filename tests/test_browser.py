@@ -181,4 +181,5 @@ def test_two_sessions_never_see_each_others_dataset(tmp_path: Path) -> None:
             raise
         finally:
             browser.close()
-    assert len(list((workspace / "sessions").iterdir())) == 2
+    # Alice's upload made her folder; Bob only looked, and a visit that only looks creates nothing (issue 14.5).
+    assert len(list((workspace / "sessions").iterdir())) == 1

@@ -2,13 +2,22 @@
 
 The reference is the recipe of the common tutorials: frozen base, GAP -> BatchNorm -> Dropout(0.2) -> Dense,
 Adam 1e-2, 2 epochs, batch 32, no augmentation. Both train on the same images and are scored on the same
-held-out test images, for several seeds, and their wall times are measured in the same process.
+held-out test images, for several seeds.
+
+Each run is a whole `python -m core train` process, timed from its start to its exit as a user sees it (Python and
+TensorFlow start-up, model build, decoding, training, evaluation, saving). Its split is laid out as train/ val/
+test/ folders of links to the photos, so the trainer reads exactly the benchmark's split through its own
+folder rules. Runs alternate reference/default per seed so machine noise hits both alike.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -67,13 +76,32 @@ def _carve(samples: list[Sample], fraction: float, seed: int) -> dict[str, list[
     return out
 
 
-def timed_run(config: TrainConfig, split: dict[str, list[Sample]], models_dir: Path) -> dict[str, Any]:
-    """Train one recipe; wall time covers decoding, model building, training and test evaluation."""
-    from core.train import run_training
+def lay_out_split(root: Path, classes: list[str], split: dict[str, list[Sample]], folder: Path) -> Path:
+    """`folder/{train,val,test}/<class>/<photo>` as links to the photos, so a trainer process given `folder`
+    uses exactly this split (core.datasets reads split folders as they are)."""
+    for part, samples in split.items():
+        for index, sample in enumerate(samples):
+            source = (Path(root) / sample.path).resolve()
+            target = folder / part / classes[sample.label] / f"{index:06d}-{source.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(source, target)
+    return folder
 
+
+def timed_run(config: TrainConfig, data_folder: Path, models_dir: Path) -> dict[str, Any]:
+    """One whole trainer process (`python -m core train`) on a laid-out split; wall time from its start to its
+    exit, as a user of the command line sees it."""
+    config_file = Path(models_dir) / f"config-{time.time_ns()}.json"
+    config_file.write_text(json.dumps({**config.to_dict(), "data": str(data_folder)}))
     start = time.perf_counter()
-    run = run_training(config, models_dir=models_dir, split=split)
+    done = subprocess.run([sys.executable, "-m", "core", "--models-dir", str(models_dir), "train", "--config",
+                           str(config_file)], capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"a benchmark run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    from core.runs import RunDir
+
+    run = RunDir(Path(done.stdout.strip().splitlines()[-1]))
     evaluation = run.read_evaluation()
     return {"test_accuracy": evaluation["accuracy"], "seconds": seconds, "split": evaluation["split"],
             "test_images": evaluation["images"], "run": str(run.path)}
@@ -83,12 +111,14 @@ def compare_recipes(data: str, seeds: list[int], backbone: str = "efficientnet_l
                     overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Reference and default, alternating per seed so machine noise hits both alike."""
     results: dict[str, list[dict[str, Any]]] = {"reference": [], "default": []}
+    dataset = scan(data)
     with tempfile.TemporaryDirectory(prefix="studio-bench-") as tmp:
         _warm_up(data, backbone, Path(tmp))
         for seed in seeds:
             split = benchmark_split(data, seed)
-            results["reference"].append(timed_run(reference_config(data, backbone, seed), split, Path(tmp)))
-            results["default"].append(timed_run(default_config(data, backbone, seed, overrides), split, Path(tmp)))
+            folder = lay_out_split(dataset.root, dataset.classes, split, Path(tmp) / f"split-{seed}")
+            results["reference"].append(timed_run(reference_config(data, backbone, seed), folder, Path(tmp)))
+            results["default"].append(timed_run(default_config(data, backbone, seed, overrides), folder, Path(tmp)))
     summary = {name: _summarise(rows) for name, rows in results.items()}
     summary["time_ratio_default_over_reference"] = summary["default"]["mean_seconds"] / \
         summary["reference"]["mean_seconds"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
 from conftest import run_cli
@@ -82,3 +83,36 @@ def test_bench_train_reports_real_against_synthetic_steps(small_dataset):
     synthetic = run_cli("bench", "train", "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size",
                         "4", "--steps", "2", "--data", str(small_dataset), "--synthetic")
     assert synthetic.returncode == 0 and "real_over_synthetic" not in json.loads(synthetic.stdout)
+
+
+def test_a_laid_out_split_is_read_back_by_the_trainer_as_exactly_that_split(tmp_path, flowers_dir):
+    """Each benchmark run is a whole trainer process; the split reaches it as train/ val/ test/ folders of links."""
+    from core.datasets import scan, split_samples
+    from core.recipes import lay_out_split
+
+    dataset = scan(flowers_dir)
+    split = benchmark_split(str(flowers_dir), seed=3)
+    folder = lay_out_split(dataset.root, dataset.classes, split, tmp_path / "split")
+    again = split_samples(scan(folder), seed=99)  # the folders decide, whatever the seed
+    for part in ("train", "val", "test"):
+        original = sorted((dataset.classes[s.label], (dataset.root / s.path).resolve()) for s in split[part])
+        read_back = sorted((dataset.classes[s.label], (folder / s.path).resolve()) for s in again[part])
+        assert original == read_back and original, part
+
+
+def test_bench_recipe_times_whole_processes_on_a_train_test_folder(tmp_path, flowers_dir):
+    """Any folder with train/ and test/ works; both recipes run as `python -m core train` processes."""
+    data = tmp_path / "data"
+    for part, source, count in (("train", "train", 10), ("test", "val", 4)):
+        for cls in ("daisy", "roses", "tulips"):
+            (data / part / cls).mkdir(parents=True)
+            for f in sorted((flowers_dir / source / cls).iterdir())[:count]:
+                shutil.copy(f, data / part / cls / f.name)
+    result = run_cli("bench", "recipe", "--data", str(data), "--seeds", "0", "--set", "image_size=96", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    for name in ("reference", "default"):
+        (row,) = report["runs"][name]
+        assert row["split"] == "test" and row["test_images"] == 12 and row["seconds"] > 1
+        assert 0 <= row["test_accuracy"] <= 1
+    assert report["time_ratio_default_over_reference"] > 0

@@ -155,7 +155,9 @@ def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], no
 
 def top_k_figure(top_k: Sequence[dict[str, Any]], height: int = 220) -> go.Figure:
     """Horizontal bars of the top-k class probabilities, the most likely on top."""
-    fig = go.Figure(go.Bar(x=[t["probability"] for t in top_k], y=[t["class"] for t in top_k], orientation="h",
+    # Class names are a visitor's folder names: as text (Plotly would read <b> or <a href> in them), shortened.
+    fig = go.Figure(go.Bar(x=[t["probability"] for t in top_k], y=[label_text(t["class"]) for t in top_k],
+                           orientation="h", hovertext=[label_text(t["class"], None) for t in top_k],
                            text=[f"{t['probability']:.1%}" for t in top_k], textposition="auto",
                            marker_color=[ACCENT] + [TRAIN_COLOUR] * (len(top_k) - 1)))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), xaxis=dict(range=[0, 1], tickformat=".0%"))

@@ -158,3 +158,13 @@ def test_head_fit_points_draw_their_l2_strength_where_epochs_draw_the_learning_r
     assert traces["learning rate"][2] == 1e-5
     assert "L2 strength" in fig.layout.title.text
     assert charts.learning_rate_figure(epochs[2:]).layout.title.text == "Learning rate"
+
+
+def test_top_k_bars_show_class_names_as_text_not_plotly_html():
+    from core.charts import top_k_figure
+
+    figure = top_k_figure([{"class": "<b>x</b> <a href='http://e.com'>y</a>", "probability": 0.9},
+                           {"class": "c" * 80, "probability": 0.1}])
+    labels = list(figure.data[0].y)
+    assert labels[0].startswith("&lt;b&gt;x&lt;/b&gt;") and "<" not in labels[0]
+    assert len(labels[1]) <= 24 and "…" in labels[1] and figure.data[0].hovertext[1] == "c" * 80

@@ -4,7 +4,7 @@ import streamlit as st
 
 from core import StudioError
 from core.safetext import markdown_literal
-from core.workspace import (delete_holding, holdings, hosted_mode, idle_seconds_allowed, visitor_quota_bytes)
+from core.workspace import delete_holding, holdings, hosted_mode, idle_seconds_allowed, visitor_quota_bytes
 from pages._common import current_workspace, ensure_app_shell, show_error
 
 KIND_ICONS = {"dataset": ":material/folder:", "run": ":material/model_training:"}
@@ -31,7 +31,7 @@ ensure_app_shell()
 st.title("Workspace")
 workspace = current_workspace()
 items = holdings(workspace)
-usage_summary(sum(item.bytes for item in items))
+usage_summary(workspace.usage_bytes())  # what the quota counts: everything in the folder, not only the list
 if not items:
     st.info("Nothing is kept for you yet: upload a dataset on the Data page, or train a model.",
             icon=":material/inventory_2:")

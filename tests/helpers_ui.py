@@ -235,12 +235,25 @@ def server_pid(url: str) -> int:
     raise RuntimeError(f"no streamlit process serves {url}")
 
 
-def rss_mb(pid: int) -> float:
-    """A process's resident memory in MB (VmRSS)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory in MB: now (VmRSS), or its high-water mark so far (field="VmHWM")."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def keep_failure(pages: dict, logs: dict | None = None) -> None:
+    """After a failed browser test: a screenshot of each page and a copy of each log in tests/artifacts/
+    ({file name: page}, {file name: log path})."""
+    import shutil
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for name, page in pages.items():
+        page.screenshot(path=str(ARTIFACTS / name))
+    for name, log in (logs or {}).items():
+        if Path(log).is_file():
+            shutil.copy(log, ARTIFACTS / name)
 
 
 def record_uploads(page) -> list[str]:

@@ -7,10 +7,8 @@ import shutil
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.helpers_ui import (ARTIFACTS, CHROMIUM, flowers_mini, folder_picker_input, go_to, launch_chromium,
-                              require, snapshot, streamlit_server, wait_idle)
+from tests.helpers_ui import (ARTIFACTS, CHROMIUM, flowers_mini, folder_picker_input, go_to, keep_failure,
+                              launch_chromium, require, snapshot, streamlit_server, wait_idle)
 
 CLASSES = ("daisy", "roses", "sunflowers")
 PER_CLASS = 10  # tiny: the point is the flow, not the accuracy
@@ -174,10 +172,7 @@ def test_two_sessions_never_see_each_others_dataset(tmp_path: Path) -> None:
             expect(alice.get_by_text("Ready to train")).to_be_visible(timeout=60_000)
             expect(alice.locator(sidebar).get_by_text("alice-flowers-")).to_be_visible()
         except Exception:
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            alice.screenshot(path=str(ARTIFACTS / "failure-alice.png"))
-            bob.screenshot(path=str(ARTIFACTS / "failure-bob.png"))
-            shutil.copy(tmp_path / "server.log", ARTIFACTS / "server.log")
+            keep_failure({"failure-alice.png": alice, "failure-bob.png": bob}, {"server.log": tmp_path / "server.log"})
             raise
         finally:
             browser.close()

@@ -235,7 +235,8 @@ def test_a_stop_seen_by_process_0_stops_both_at_the_same_step(tmp_path, flowers_
     import importlib.util
 
     require(importlib.util.find_spec("jax") is not None, "the jax package (requirements-dev.txt)")
-    settings = [*MULTI_SETTINGS[:-3], "20", "--batch-size", "16"]  # a long fine-tune, so the stop lands in it
+    # a long fine-tune (20 epochs), so the stop lands in it
+    settings = ["--image-size", "64", "--head-epochs", "4", "--finetune-epochs", "20", "--batch-size", "16"]
     processes = _start_processes(tmp_path, flowers_dir, settings, "run-stopped")
     run = RunDir(tmp_path / "run-stopped")
     deadline = time.monotonic() + 600

@@ -4,12 +4,11 @@ upload limit is refused before anything is sent. Screenshots go to tests/artifac
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 from tests.conftest import require
-from tests.helpers_ui import (ARTIFACTS, CHROMIUM, folder_picker_input, launch_chromium, make_photo_folder, rss_mb,
+from tests.helpers_ui import (CHROMIUM, folder_picker_input, keep_failure, launch_chromium, make_photo_folder, rss_mb,
                               record_uploads, snapshot, streamlit_server, wait_idle, warm_up_with_a_small_folder)
 
 RSS_GROWTH_LIMIT_MB = 100  # the bound on what a 2,000-file upload may leave behind in the server
@@ -70,9 +69,7 @@ def test_a_2020_file_folder_arrives_whole_and_every_file_is_accounted_for(tmp_pa
             rss_after = rss_mb(pid)
             assert rss_after - rss_before < RSS_GROWTH_LIMIT_MB, (rss_before, rss_after)
         except Exception:
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "failure-folder-upload.png"))
-            shutil.copy(tmp_path / "server.log", ARTIFACTS / "server-folder-upload.log")
+            keep_failure({"failure-folder-upload.png": page}, {"server-folder-upload.log": tmp_path / "server.log"})
             raise
         finally:
             browser.close()
@@ -105,8 +102,7 @@ def test_a_folder_over_the_upload_limit_is_refused_before_sending(tmp_path: Path
             assert uploads == []
             assert not list(workspace.glob("sessions/*/datasets/*"))
         except Exception:
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "failure-folder-refused.png"))
+            keep_failure({"failure-folder-refused.png": page})
             raise
         finally:
             browser.close()

@@ -105,7 +105,7 @@ def test_train_page_offers_only_what_a_visitor_may_start_and_queues_behind_anoth
         tmp_path, monkeypatch):
     """Hosted: the Train page lists the allowed backbones and sizes and says the limits; with another session
     training, Start is not refused: the run waits in the queue and the page says its place."""
-    from test_app import app, no_exceptions, pick_folder, texts, workspace as _unused  # noqa: F401
+    from test_app import app, no_exceptions, pick_folder, texts
     from test_hardening import fake_python, kill_jobs
     from core import jobs
     from core.device import DeviceInfo
@@ -142,6 +142,8 @@ def test_train_page_offers_only_what_a_visitor_may_start_and_queues_behind_anoth
         assert busy.run_id not in texts(at) + " ".join(bars)
         (queued,) = [p for p in (root / "runs").iterdir() if p.is_dir()]
         assert jobs.run_view(RunDir(queued)).queue.position == 1
+        sidebar = [m.value for m in at.sidebar.markdown]
+        assert any("**waiting for the slot**" in v for v in sidebar), sidebar  # the sidebar agrees with the page
     finally:
         kill_jobs(root)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import threading
 import time
@@ -24,8 +23,9 @@ import numpy as np
 from PIL import Image
 
 from conftest import run_cli
-from tests.helpers_ui import (ARTIFACTS, CHROMIUM, flowers_mini, folder_picker_input, go_to, launch_chromium,
-                              require, server_pid, snapshot, streamlit_server, wait_idle)
+from test_visitor_limits import compressible_zip
+from tests.helpers_ui import (CHROMIUM, flowers_mini, folder_picker_input, go_to, keep_failure, launch_chromium,
+                              require, rss_mb, server_pid, snapshot, streamlit_server, wait_idle)
 
 PEAK_BUDGET_MB = 1500
 QUOTA_MB = 1024
@@ -60,25 +60,6 @@ class Watcher(threading.Thread):
                 self.failures.append(f"{time.strftime('%X')}: {err}")
             self.slowest = max(self.slowest, time.monotonic() - started)
             self.done.wait(0.5)
-
-
-def peak_mb(pid: int) -> float:
-    """The server process's high-water mark of resident memory (VmHWM), in MB."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
-
-
-def bomb_zip(path: Path, declared_mb: int = 1200) -> Path:
-    """A zip that unpacks about 80:1 (under the 100:1 bomb limit) to more than a visitor's quota."""
-    rng = np.random.default_rng(0)
-    block = bytearray(1024**2)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        for part in range(declared_mb // 100):
-            with archive.open(f"bomb/class{part % 2}/big{part}.png", "w", force_zip64=True) as handle:
-                for _ in range(100):
-                    block[:12 * 1024] = rng.integers(0, 256, 12 * 1024, dtype=np.uint8).tobytes()
-                    handle.write(block)
-    return path
 
 
 def png(seed: int, size: int = 48) -> bytes:
@@ -140,7 +121,9 @@ def test_every_probe_in_one_visit_leaves_the_server_up_within_budget(tmp_path: P
     tampered_run(visitor / "runs")
     probes = tmp_path / "probes"
     probes.mkdir()
-    bomb, odd = bomb_zip(probes / "bomb.zip"), names_zip(probes / "odd-names.zip")
+    # 1.2 GB unpacking about 80:1 (under the 100:1 bomb limit): more than a visitor's quota
+    bomb = compressible_zip(probes / "bomb.zip", entries=12, entry_mb=100)
+    odd = names_zip(probes / "odd-names.zip")
     big_folder = probes / "big-folder"
     for name in ("a/one.jpg", "b/two.jpg"):  # two 400 MB files (sparse: nothing is read before the refusal)
         (big_folder / name).parent.mkdir(parents=True)
@@ -217,11 +200,9 @@ def test_every_probe_in_one_visit_leaves_the_server_up_within_budget(tmp_path: P
             assert_no_traceback(page, "classify")
             snapshot(page, "hostile-classify")
             pid = server_pid(url)
-            peak = peak_mb(pid)
+            peak = rss_mb(pid, "VmHWM")  # the server's peak over the whole visit
         except Exception:
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "hostile-failure.png"))
-            shutil.copy(tmp_path / "server.log", ARTIFACTS / "hostile-server.log")
+            keep_failure({"hostile-failure.png": page}, {"hostile-server.log": tmp_path / "server.log"})
             raise
         finally:
             watcher.done.set()

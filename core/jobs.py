@@ -531,6 +531,11 @@ class RunView:
         return self.state in ("queued", "running", "stopping")
 
     @property
+    def label(self) -> str:
+        """The state in a word or two, as the sidebar shows it ("waiting for the slot" for a queued run in line)."""
+        return "waiting for the slot" if self.queue is not None else self.state
+
+    @property
     def headline(self) -> str:
         """One sentence for the run as a whole."""
         if self.state == "queued" and self.queue is not None:

@@ -360,7 +360,7 @@ def training_status(live_progress: bool = True) -> None:
         live_training_status(active.run_id)
         return
     if active is not None:
-        st.markdown(f"`{active.run_id}`  \n**{jobs.run_view(active).state}**: its progress is on this page")
+        st.markdown(f"`{active.run_id}`  \n**{jobs.run_view(active).label}**: its progress is on this page")
         return
     latest = runs()[:1]
     if latest:
@@ -381,7 +381,7 @@ def live_training_status(run_id: str) -> None:
     if not view.active:
         st.rerun()  # it just ended: redraw everything (Train page, Start button) from the final state
     phase = view.status.get("phase_label") or ""
-    st.markdown(f"`{view.run_id}`  \n**{view.state}**" + (f" · {phase}" if phase and view.state == "running"
+    st.markdown(f"`{view.run_id}`  \n**{view.label}**" + (f" · {phase}" if phase and view.state == "running"
                                                           else ""))
     st.progress(view.fraction)
     st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")

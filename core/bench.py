@@ -16,11 +16,11 @@ from core import StudioError
 
 
 def run(what: str, args: argparse.Namespace) -> dict[str, Any]:
-    if what in ("loader", "recipe") and not args.data:
+    if what in ("loader", "recipe", "features") and not args.data:
         raise StudioError(f"bench {what} needs --data DIR (a labelled image folder).")
     handlers: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
         "loader": bench_loader, "train": bench_train, "recipe": bench_recipe, "scale": bench_scale,
-        "stop": bench_stop}
+        "stop": bench_stop, "features": bench_features}
     result = handlers[what](args)
     return {"bench": what, "machine": machine_summary(), **result}
 
@@ -206,7 +206,22 @@ def bench_recipe(args: argparse.Namespace) -> dict[str, Any]:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:  # a bare word such as a preset name
             overrides[key] = value
-    return compare_recipes(args.data, seeds=args.seeds, backbone=args.recipe_backbone, overrides=overrides)
+    return compare_recipes(args.data, seeds=args.seeds, backbone=args.recipe_backbone, overrides=overrides,
+                           resplit=args.resplit)
+
+
+# ----------------------------------------------------------------------------------------- features
+def bench_features(args: argparse.Namespace) -> dict[str, Any]:
+    """Which pooled stages and which head-fit protocol transfer best, over re-splits (core.featurestudy)."""
+    import tempfile
+
+    from core.backbones import get_backbone
+    from core.featurestudy import study
+
+    backbone = args.recipe_backbone
+    size = args.image_size_override or get_backbone(backbone).recipe_size
+    work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "studio-features"
+    return study(args.data, backbone, size, args.resplits, work)
 
 
 # ----------------------------------------------------------------------------------------- scale

@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure: loader | train | recipe throughput, scale (memory, disk, "
                                          "time per phase by dataset size), stop (seconds to stop in each phase)")
-    bench.add_argument("what", choices=["loader", "train", "recipe", "scale", "stop"])
+    bench.add_argument("what", choices=["loader", "train", "recipe", "scale", "stop", "features"])
     bench.add_argument("--data", default=None, help="loader, recipe: the image folder; train: also measure fine-tune "
                                                      "steps fed by the real loader from it (real vs synthetic)")
     bench.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto",
@@ -259,9 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--augmentation", default="seed")
     bench.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="recipe: override a default setting for the measured variant (JSON values)")
-    bench.add_argument("--recipe-backbone", default="efficientnet_lite0", help="recipe: backbone for both recipes")
+    bench.add_argument("--recipe-backbone", default="efficientnet_lite0",
+                       help="recipe: backbone for both recipes; features: the backbone studied")
+    bench.add_argument("--size", dest="image_size_override", type=int, default=None,
+                       help="features: image size (default: the backbone's recipe size)")
+    bench.add_argument("--resplit", action="store_true",
+                       help="recipe: each seed re-splits all photos into train/test (same test share) instead of "
+                       "using the folder's own split")
+    bench.add_argument("--resplits", type=int, default=10, help="features: random train/test re-splits to average")
     bench.add_argument("--sizes", type=int, nargs="+", help="scale: dataset sizes in images (default 1000 5000 20000); stop: the one size (default 1000)")
-    bench.add_argument("--work", help="scale: folder for the generated datasets (kept and reused; default a temp dir)")
+    bench.add_argument("--work", help="scale: folder for the generated datasets (kept and reused; default a temp dir); "
+                       "features: where features are cached (default $TMPDIR/studio-features)")
     bench.add_argument("--keep", action="store_true", help="scale: keep run folders and caches")
     bench.add_argument("--train-args", nargs=argparse.REMAINDER,
                        help="scale, stop: extra `train` flags for every run, last on the line (e.g. --image-size 96)")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import TrainConfig
-from core.datasets import Sample, scan, split_samples
+from core.datasets import Sample, scan
 
 REFERENCE_OVERRIDES: dict[str, Any] = {
     "head_mode": "images", "head_epochs": 2, "head_lr": 1e-2, "finetune_epochs": 0, "batch_size": 32,
@@ -47,32 +47,41 @@ def default_config(data: str, backbone: str, seed: int, overrides: dict[str, Any
     return TrainConfig.from_dict({"data": data, "backbone": backbone, "seed": seed, **(overrides or {})})
 
 
-def benchmark_split(data: str, seed: int) -> dict[str, list[Sample]]:
-    """Train / val / test with a fixed test set: the dataset's test/ folder, else its val/ folder (validation
-    is then carved out of train/ with the seed), else a stratified 60/20/20 split."""
+def benchmark_split(data: str, seed: int, resplit: bool = False) -> dict[str, list[Sample]]:
+    """Train / test (and val only where the folder has its own) as a user of the folder would have them: its
+    test/ folder, else its val/ folder, is the test set; a folder without either gets a stratified 20% test
+    share. Validation is not carved here: the trainer does that itself when its recipe needs one (the
+    tutorial's epochs do; the default's cross-validated head fit does not), exactly as for a user.
+
+    With `resplit`, every seed instead draws a new stratified train/test split of all those photos with the same
+    test share, so mean and spread over seeds cover the luck of the split, not just of the training."""
     dataset = scan(data)
-    by_folder = split_samples(dataset, seed=seed)
-    if dataset.report.layout == "split_folders" and not by_folder["test"]:
-        has_val_folder = any(s.split == "val" for s in dataset.samples)
-        if has_val_folder:
-            train_only = [s for s in dataset.samples if s.split == "train"]
-            carved = _carve(train_only, 0.2, seed)
-            return {"train": carved["train"], "val": carved["val"],
-                    "test": [Sample(s.path, s.label, "test") for s in dataset.samples if s.split == "val"]}
-    if by_folder["test"]:
-        return by_folder
-    return split_samples(dataset, val_fraction=0.2, test_fraction=0.2, seed=seed)
+    by_folder: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+    for sample in dataset.samples:
+        by_folder[sample.split or "train"].append(sample)
+    if dataset.report.layout != "split_folders":
+        return _held_out(by_folder["train"], 0.2, seed)
+    if not by_folder["test"] and by_folder["val"]:  # the val/ folder is the held-out set
+        by_folder["test"], by_folder["val"] = [Sample(s.path, s.label, "test") for s in by_folder["val"]], []
+    if not by_folder["test"]:
+        return {**_held_out(by_folder["train"], 0.2, seed), "val": by_folder["val"]}
+    if resplit:
+        pooled = by_folder["train"] + by_folder["test"]
+        share = len(by_folder["test"]) / len(pooled)
+        return {**_held_out(pooled, share, seed), "val": by_folder["val"]}
+    return by_folder
 
 
-def _carve(samples: list[Sample], fraction: float, seed: int) -> dict[str, list[Sample]]:
+def _held_out(samples: list[Sample], fraction: float, seed: int) -> dict[str, list[Sample]]:
+    """A stratified, seeded test share of `samples`; the rest is for training."""
     rng = random.Random(seed)
-    out: dict[str, list[Sample]] = {"train": [], "val": []}
+    out: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for label in sorted({s.label for s in samples}):
         members = [s for s in samples if s.label == label]
         rng.shuffle(members)
-        n_val = max(1, round(len(members) * fraction)) if len(members) > 1 else 0
-        out["val"] += [Sample(s.path, s.label, "val") for s in members[:n_val]]
-        out["train"] += [Sample(s.path, s.label, "train") for s in members[n_val:]]
+        n_test = max(1, round(len(members) * fraction)) if len(members) > 1 else 0
+        out["test"] += [Sample(s.path, s.label, "test") for s in members[:n_test]]
+        out["train"] += [Sample(s.path, s.label, "train") for s in members[n_test:]]
     return out
 
 
@@ -108,21 +117,21 @@ def timed_run(config: TrainConfig, data_folder: Path, models_dir: Path) -> dict[
 
 
 def compare_recipes(data: str, seeds: list[int], backbone: str = "efficientnet_lite0",
-                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                    overrides: dict[str, Any] | None = None, resplit: bool = False) -> dict[str, Any]:
     """Reference and default, alternating per seed so machine noise hits both alike."""
     results: dict[str, list[dict[str, Any]]] = {"reference": [], "default": []}
     dataset = scan(data)
     with tempfile.TemporaryDirectory(prefix="studio-bench-") as tmp:
         _warm_up(data, backbone, Path(tmp))
         for seed in seeds:
-            split = benchmark_split(data, seed)
+            split = benchmark_split(data, seed, resplit)
             folder = lay_out_split(dataset.root, dataset.classes, split, Path(tmp) / f"split-{seed}")
             results["reference"].append(timed_run(reference_config(data, backbone, seed), folder, Path(tmp)))
             results["default"].append(timed_run(default_config(data, backbone, seed, overrides), folder, Path(tmp)))
     summary = {name: _summarise(rows) for name, rows in results.items()}
     summary["time_ratio_default_over_reference"] = summary["default"]["mean_seconds"] / \
         summary["reference"]["mean_seconds"]
-    return {"data": str(data), "backbone": backbone, "seeds": seeds, "runs": results, **summary,
+    return {"data": str(data), "backbone": backbone, "seeds": seeds, "resplit": resplit, "runs": results, **summary,
             "default_settings": {k: v for k, v in default_config(data, backbone, 0, overrides).to_dict().items()
                                  if k not in ("data", "seed")},
             "overrides": overrides or {},

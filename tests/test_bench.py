@@ -25,15 +25,19 @@ def test_bench_needs_data():
     assert result.returncode == 1 and "needs --data" in result.stderr
 
 
-def test_benchmark_split_holds_out_the_val_folder_as_test(flowers_dir):
+def test_benchmark_split_is_the_folder_as_a_user_has_it_and_resplits_on_request(flowers_dir):
     split = benchmark_split(str(flowers_dir), seed=0)
+    # flowers-mini has train/ and val/: its val/ photos are the test set; no validation is carved here (the
+    # trainer carves one itself when its recipe needs it, as it would for a user)
     assert len(split["test"]) == 80 and all(s.path.startswith("val/") for s in split["test"])
-    assert all(s.path.startswith("train/") for s in split["train"] + split["val"])
-    assert Counter(s.label for s in split["val"]) == {i: 13 for i in range(5)}
-    assert len(split["train"]) == 320 - 65
-    other = benchmark_split(str(flowers_dir), seed=1)
-    assert {s.path for s in other["test"]} == {s.path for s in split["test"]}
-    assert {s.path for s in other["val"]} != {s.path for s in split["val"]}
+    assert len(split["train"]) == 320 and split["val"] == []
+    assert benchmark_split(str(flowers_dir), seed=1) == split  # the folder's split does not depend on the seed
+    drawn = [benchmark_split(str(flowers_dir), seed=seed, resplit=True) for seed in (0, 1)]
+    for resplit in drawn:
+        assert len(resplit["test"]) == 80 and len(resplit["train"]) == 320
+        assert Counter(s.label for s in resplit["test"]) == {i: 16 for i in range(5)}
+    assert {s.path for s in drawn[0]["test"]} != {s.path for s in drawn[1]["test"]}
+    assert any(s.path.startswith("train/") for s in drawn[0]["test"])
 
 
 def test_reference_recipe_is_the_tutorial_recipe(flowers_dir):
@@ -89,12 +93,16 @@ def test_a_laid_out_split_is_read_back_by_the_trainer_as_exactly_that_split(tmp_
     """Each benchmark run is a whole trainer process; the split reaches it as train/ val/ test/ folders of links."""
     from core.datasets import scan, split_samples
     from core.recipes import lay_out_split
+    from core.train import split_for_recipe
 
     dataset = scan(flowers_dir)
     split = benchmark_split(str(flowers_dir), seed=3)
     folder = lay_out_split(dataset.root, dataset.classes, split, tmp_path / "split")
-    again = split_samples(scan(folder), seed=99)  # the folders decide, whatever the seed
-    for part in ("train", "val", "test"):
+    laid_out = scan(folder)
+    # the folders decide, whatever the seed: the default recipe learns from all of train/ and scores on test/
+    again = split_for_recipe(laid_out, split_samples(laid_out, seed=99), needs_validation=False)
+    assert not (tmp_path / "split" / "val").exists()  # nothing carved: the trainer decides
+    for part in ("train", "test"):
         original = sorted((dataset.classes[s.label], (dataset.root / s.path).resolve()) for s in split[part])
         read_back = sorted((dataset.classes[s.label], (folder / s.path).resolve()) for s in again[part])
         assert original == read_back and original, part

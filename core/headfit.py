@@ -128,7 +128,8 @@ class Standardised:
 def fit_logistic(x: np.ndarray, labels: np.ndarray, num_classes: int, l2: float,
                  sample_weight: np.ndarray | None = None,
                  on_iteration: Callable[[int], bool] | None = None,
-                 start: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+                 start: tuple[np.ndarray, np.ndarray] | None = None,
+                 max_iterations: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Minimise mean weighted cross-entropy + l2/2 * |W|^2 (bias unpenalised). Returns (W, b, iterations).
 
     `on_iteration(iteration)` is called after each L-BFGS iteration; returning False raises FitStopped (a fit
@@ -159,7 +160,7 @@ def fit_logistic(x: np.ndarray, labels: np.ndarray, num_classes: int, l2: float,
     initial = np.zeros(dims * num_classes + num_classes) if start is None else \
         np.concatenate([np.asarray(start[0], np.float64).ravel(), np.asarray(start[1], np.float64)])
     result = minimize(objective, initial, jac=True, method="L-BFGS-B",
-                      options={"maxiter": MAX_ITERATIONS}, callback=callback)
+                      options={"maxiter": max_iterations or MAX_ITERATIONS}, callback=callback)
     if on_iteration is not None and "StopIteration" in str(result.message):
         raise FitStopped()
     params = result.x
@@ -223,6 +224,11 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None,
 
 
 CV_FOLDS = 5
+# Iterations per fold fit. Warm-started along the L2 path, 50 iterations give the same out-of-fold losses to 1e-4
+# and the same chosen L2 as fits run to convergence (measured on the generated shapes set, 2,016 photos, 1,792
+# features: 5-fold CV over the grid 18.9 s -> 9.7 s; flowers-mini converges within the cap anyway). Only the
+# choice rests on them; the refit on all photos runs to convergence.
+CV_FOLD_ITERATIONS = 50
 # Above this many training photos the k folds cost more than they tell: one fold of the k is held out to choose
 # L2 (then the refit on all photos as below). Measured: with thousands of photos the chosen L2 barely moves.
 CV_MAX_PHOTOS = 10_000
@@ -277,14 +283,14 @@ class RowSpace:
 
 def _fit_in_row_space(z: Standardised, labels: np.ndarray, num_classes: int, l2: float,
                       weights: np.ndarray | None, within, start: tuple[np.ndarray, np.ndarray] | None,
-                      space: "RowSpace | None") -> tuple[np.ndarray, np.ndarray, int]:
+                      space: "RowSpace | None", max_iterations: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """fit_logistic on the row-space coordinates when `space` is given (kernel mapped back to D), else as is.
     `start` is in full dimensions either way."""
     if space is None:
-        return fit_logistic(z, labels, num_classes, l2, weights, within, start=start)
+        return fit_logistic(z, labels, num_classes, l2, weights, within, start=start, max_iterations=max_iterations)
     reduced_start = None if start is None else (space.basis.T @ start[0], start[1])
     kernel, bias, used = fit_logistic(space.coordinates, labels, num_classes, l2, weights, within,
-                                      start=reduced_start)
+                                      start=reduced_start, max_iterations=max_iterations)
     return space.kernel(kernel), bias, used
 
 
@@ -331,13 +337,13 @@ def fit_head_cv(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, epsi
                 fraction_before = fold_number / len(held_out_folds)
                 within = None if on_iteration is None else (
                     lambda it, i=index, f=fraction_before: on_iteration(
-                        i, min(f + it / MAX_ITERATIONS / len(held_out_folds), 0.99)))
+                        i, min(f + it / CV_FOLD_ITERATIONS / len(held_out_folds), 0.99)))
                 fold_weights = None if weights is None else weights[fit_rows]
                 fit_z = z.rows(fit_rows)
                 if fold not in spaces:
                     spaces[fold] = _row_space(fit_z)
                 kernel, bias, used = _fit_in_row_space(fit_z, train_y[fit_rows], num_classes, l2, fold_weights,
-                                                       within, warm.get(fold), spaces[fold])
+                                                       within, warm.get(fold), spaces[fold], CV_FOLD_ITERATIONS)
                 warm[fold] = fold_heads[(fold, l2)] = (kernel, bias)
                 iterations += used
                 loss, accuracy = _weighted_scores(softmax(fit_z @ kernel + bias), train_y[fit_rows], fold_weights,

@@ -171,6 +171,9 @@ class Trainer:
         self.unsaved_best = False
         self.save_each_improvement = True
         self.head_ready = False  # a model worth saving exists (a fitted head, or a validated epoch)
+        # The model in memory is the one last saved (a head fit, then saved; nothing trained since): evaluation
+        # scores it as it is instead of loading model.keras back (~2 s of a short run; tests prove both agree).
+        self.memory_matches_saved = False
         self.stopped_in: str | None = None  # the phase a stop request ended
         self.global_epoch = 0
         self.tracker = progress.Tracker([], self._write_progress, self._stop_now, on_finish=self._log_phase)
@@ -532,6 +535,7 @@ class Trainer:
     def epoch_ended(self, val_loss: float | None) -> None:
         """Track the best model of the whole run (either phase); save it at once in slow phases, so a killed
         trainer still leaves its best checkpoint."""
+        self.memory_matches_saved = False  # new weights in memory: not what is on disk until saved below
         if val_loss is not None and np.isfinite(val_loss) and val_loss < self.best_val_loss:
             self.best_val_loss = float(val_loss)
             self.unsaved_best = True
@@ -562,6 +566,7 @@ class Trainer:
         try:
             model.save(temporary)
             os.replace(temporary, final)
+            self.memory_matches_saved = model is self.model
         except BaseException:  # e.g. disk full: the previous best model.keras stays as it was
             temporary.unlink(missing_ok=True)
             raise
@@ -574,7 +579,8 @@ class Trainer:
         part = evaluation_part(data.split)
         self.tracker.start(progress.EVALUATE, message=f"on the {part} split")
         paths = [s.path for s in data.split[part]]
-        report = evaluate_images(self.run, data.images[part], data.labels[part], paths, part,
+        in_memory = self.model if self.memory_matches_saved and not self.parallel.multi_process else None
+        report = evaluate_images(self.run, data.images[part], data.labels[part], paths, part, model=in_memory,
                                  tta=self.config.tta, batch_size=self.inference_batch,
                                  on_batch=self._advance_or_stop)
         self.tracker.finish(progress.EVALUATE)

@@ -124,3 +124,22 @@ def test_bench_recipe_times_whole_processes_on_a_train_test_folder(tmp_path, flo
         assert row["split"] == "test" and row["test_images"] == 12 and row["seconds"] > 1
         assert 0 <= row["test_accuracy"] <= 1
     assert report["time_ratio_default_over_reference"] > 0
+
+
+def test_bench_features_scores_every_candidate_over_resplits_and_caches_the_features(tmp_path, small_dataset):
+    from core.featurestudy import CANDIDATES
+
+    args = ("bench", "features", "--data", str(small_dataset), "--size", "64", "--resplits", "2",
+            "--work", str(tmp_path / "work"))
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["photos"] == 18 and report["resplits"] == 2 and report["image_size"] == 64
+    assert set(report["results"]) == {f"{name} (cv)" for name in CANDIDATES} | {"s6+top (holdout)"}
+    for row in report["results"].values():
+        assert len(row["per_split"]) == 2 and all(0 <= a <= 1 for a in row["per_split"])
+        assert 0 <= row["mean_tta"] <= 1 and row["wins_vs_previous_default"] <= 2
+    (cached,) = (tmp_path / "work").glob("features-*.npz")
+    again = json.loads(run_cli(*args).stdout)
+    assert again["feature_seconds"] == report["feature_seconds"]  # read back, not recomputed
+    assert again["results"] == report["results"]  # same seeds, same re-splits, same answers

@@ -141,6 +141,12 @@ def test_with_a_test_folder_and_no_val_folder_every_training_photo_is_learned_fr
     evaluation = run.read_evaluation()
     assert evaluation["split"] == "test" and evaluation["images"] == 80 and evaluation["accuracy"] > 0.6
     assert run.read_status()["state"] == "succeeded"
+    # The trainer scored the head in memory (nothing trained after it was saved); the saved file scores the same.
+    from core.evaluate import evaluate_run
+
+    reloaded = evaluate_run(run)
+    assert reloaded["confusion_matrix"] == evaluation["confusion_matrix"]
+    assert reloaded["accuracy"] == evaluation["accuracy"]
 
 
 def test_a_val_folder_is_used_as_given_and_class_folders_keep_a_scored_share(tmp_path, flowers_dir,

@@ -289,6 +289,13 @@ def describe_split(dataset: Dataset, val_fraction: float = 0.2, test_fraction: f
     test_note = f" Its {folders['test']} folder is kept apart for the final test." if "test" in folders else no_test
     train = folders.get("train", "train/")
     carved = _percent(val_fraction or 0.2)  # split_samples falls back to 20% when asked for none
+    if "test" in folders:  # core.train.split_for_recipe: only a recipe that needs validation carves it
+        return SplitDescription(
+            f"The dataset has {train} and {folders['test']} folders but no val/ folder. The default recipe learns "
+            f"from every image in {train}, choosing its regularisation by 5-fold cross-validation, and is scored "
+            f"on {folders['test']}. Fine-tuning and epoch training need a validation split: for them {carved} of "
+            f"each class in {train} is picked at random (seeded) for it.", uses_val_fraction=True,
+            uses_test_fraction=False)
     return SplitDescription(f"The dataset has a {train} folder but no val/ folder with images, so {carved} of each "
                             f"class in {train} is picked at random (seeded) for validation and the rest is trained "
                             f"on.{test_note}", uses_val_fraction=True, uses_test_fraction=False)

@@ -26,7 +26,10 @@ FLAT = ("The images are in class folders with no train/ or val/ folder, so 25% o
         "(seeded) for validation and the rest is trained on.")
 CARVED = ("The dataset has a train/ folder but no val/ folder with images, so 25% of each class in train/ is picked "
           "at random (seeded) for validation and the rest is trained on.")
-TEST_KEPT = " Its test/ folder is kept apart for the final test."
+TRAIN_TEST = ("The dataset has train/ and test/ folders but no val/ folder. The default recipe learns from every image "
+              "in train/, choosing its regularisation by 5-fold cross-validation, and is scored on test/. Fine-tuning "
+              "and epoch training need a validation split: for them 25% of each class in train/ is picked at random "
+              "(seeded) for it.")
 
 # layout name -> (images per class in each folder, None for flat), the sentence, val share used, test set made
 LAYOUTS = {
@@ -36,7 +39,7 @@ LAYOUTS = {
                   False, False),
     "train+val+test": ({"train": 4, "val": 2, "test": 2},
                        "The dataset's own train/, val/ and test/ folders are used as they are.", False, True),
-    "train+test": ({"train": 4, "test": 2}, CARVED + TEST_KEPT, True, True),
+    "train+test": ({"train": 4, "test": 2}, TRAIN_TEST, True, True),
 }
 
 

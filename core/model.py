@@ -10,22 +10,34 @@ import numpy as np
 HEAD_LAYERS = ("head_pool", "head_bn", "head_dropout", "predictions")
 
 
-def with_mid_level_features(base: keras.Model) -> keras.Model:
-    """The base's final feature map concatenated with the previous stage's output where both share one grid.
+# How many of the last stages are pooled with the top features (when they share its grid). Chosen with
+# `python -m core bench features` over 10 re-splits of three check sets (docs/benchmarks.md): stages 6 and 7 with the
+# top features beat stage 6 alone on the outline-only shapes set (+0.3 points, 8 of 10 re-splits won against the
+# previous default) and matched it elsewhere; adding stage 5 (a finer grid) gained within noise and would make the
+# class-activation map inexact.
+MID_LEVEL_STAGES = 2
 
-    Measured on flowers-mini (docs/benchmarks.md): pooled stage-6 features transfer better than the top features
-    alone (textures and colours matter more than ImageNet object parts), and together they beat either. Same
-    grid means GAP -> BatchNorm -> Dense stays linear per position, so the class-activation map stays exact.
-    Backbones with no such stage (EfficientNetV2) are returned unchanged.
+
+def with_mid_level_features(base: keras.Model, stages: int = MID_LEVEL_STAGES) -> keras.Model:
+    """The base's final feature map concatenated with the outputs of its last `stages` stages that share its grid.
+
+    Measured (docs/benchmarks.md): pooled mid-level features transfer better than the top features alone
+    (textures, colours and simple outlines matter more than ImageNet object parts), and together they beat
+    either. Same grid means GAP -> BatchNorm -> Dense stays linear per position, so the class-activation map stays
+    exact. Backbones with no such stage (EfficientNetV2) are returned unchanged.
     """
     top = base.output
-    stages = sorted({_stage(layer.name) for layer in base.layers if _stage(layer.name)})
-    for stage in reversed(stages[:-1]):
+    numbers = sorted({_stage(layer.name) for layer in base.layers if _stage(layer.name)})
+    joined = []
+    for stage in reversed(numbers[-stages:] if stages > 0 else []):
         last = [layer for layer in base.layers if _stage(layer.name) == stage][-1]
-        if tuple(last.output.shape[1:3]) == tuple(top.shape[1:3]):
-            merged = keras.layers.Concatenate(name="multi_level_features")([last.output, top])
-            return keras.Model(base.input, merged, name=base.name)
-    return base
+        if tuple(last.output.shape[1:3]) != tuple(top.shape[1:3]):
+            break
+        joined.insert(0, last.output)
+    if not joined:
+        return base
+    merged = keras.layers.Concatenate(name="multi_level_features")([*joined, top])
+    return keras.Model(base.input, merged, name=base.name)
 
 
 def build_classifier(base: keras.Model, num_classes: int, dropout: float = 0.2) -> keras.Model:

@@ -196,9 +196,10 @@ def test_create_backbone_offline_and_the_classifier_around_it(variant: str, conv
     for name in ["stem_conv", "block6e_project_conv", "top_bn"]:
         for got, want in zip(base.get_layer(name).get_weights(), reference.get_layer(name).get_weights()):
             np.testing.assert_array_equal(got, want)
-    # core.model finds the stages by their numbers: stage 6's output joins the top features, the top two unfreeze.
+    # core.model finds the stages by their numbers: stages 6 and 7 join the top features, the top two unfreeze.
     merged = with_mid_level_features(base)
-    assert merged.output_shape == (None, grid, grid, EXPECTED[variant]["widths"][5] + 1280)
+    widths = EXPECTED[variant]["widths"]
+    assert merged.output_shape == (None, grid, grid, widths[5] + widths[6] + 1280)
     classifier = build_classifier(base, 3)
     set_finetune_trainable(classifier, unfreeze_stages=2)
     trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}

@@ -126,16 +126,22 @@ def test_charts_compute_apart_from_drawing() -> None:
     assert charts.confusion_figure([[1, 0], [1, 1]], ["a", "b"], normalised=True).data[0].z[1][0] == 0.5
 
 
-def test_cam_means_equal_the_classifier_logits() -> None:
-    """The head is linear up to softmax, so softmax(mean of each class map) must equal the model's output."""
+@pytest.mark.parametrize("multi_level", [False, True], ids=["top-only", "stages-6-7-and-top"])
+def test_cam_means_equal_the_classifier_logits(multi_level: bool) -> None:
+    """The head is linear up to softmax, so softmax(mean of each class map) must equal the model's output; with the
+    default recipe's pooled stages 6 and 7 too (they share the top's grid, so the map stays exact)."""
     import keras
 
     from core.backbones import create_backbone
     from core.cam import class_activation_maps, heatmap_for
-    from core.model import build_classifier
+    from core.model import build_classifier, with_mid_level_features
 
     keras.utils.set_random_seed(0)
-    model = build_classifier(create_backbone("efficientnet_lite0", 64, weights=None), 3)
+    base = create_backbone("efficientnet_lite0", 64, weights=None)
+    if multi_level:
+        base = with_mid_level_features(base)
+        assert base.output_shape[-1] == 192 + 320 + 1280
+    model = build_classifier(base, 3)
     bn = model.get_layer("head_bn")  # non-trivial BatchNorm statistics, as after training
     bn.moving_mean.assign(np.random.default_rng(1).normal(size=bn.moving_mean.shape).astype("float32"))
     bn.moving_variance.assign(np.random.default_rng(2).uniform(0.5, 2, bn.moving_variance.shape).astype("float32"))

@@ -221,7 +221,13 @@ def bench_features(args: argparse.Namespace) -> dict[str, Any]:
     backbone = args.recipe_backbone
     size = args.image_size_override or get_backbone(backbone).recipe_size
     work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "studio-features"
-    return study(args.data, backbone, size, args.resplits, work)
+    from core.featurestudy import CANDIDATES
+
+    unknown = [name for name in args.candidates or [] if name not in CANDIDATES]
+    if unknown:
+        raise StudioError(f"Unknown feature set {unknown[0]!r}; choose from {', '.join(CANDIDATES)}.")
+    chosen = {name: CANDIDATES[name] for name in args.candidates} if args.candidates else None
+    return study(args.data, backbone, size, args.resplits, work, chosen)
 
 
 # ----------------------------------------------------------------------------------------- scale

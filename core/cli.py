@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resplit", action="store_true",
                        help="recipe: each seed re-splits all photos into train/test (same test share) instead of "
                        "using the folder's own split")
+    bench.add_argument("--candidates", nargs="+", metavar="SET",
+                       help="features: only these feature sets (e.g. s6+s7+top); default all")
     bench.add_argument("--resplits", type=int, default=10, help="features: random train/test re-splits to average")
     bench.add_argument("--sizes", type=int, nargs="+", help="scale: dataset sizes in images (default 1000 5000 20000); stop: the one size (default 1000)")
     bench.add_argument("--work", help="scale: folder for the generated datasets (kept and reused; default a temp dir); "

@@ -92,21 +92,27 @@ class Standardised:
     chunk give the same numbers with one 2,048-row chunk in float64 at a time.
     """
 
-    def __init__(self, x: np.ndarray, mean: np.ndarray | None = None, scale: np.ndarray | None = None):
+    def __init__(self, x: np.ndarray, mean: np.ndarray | None = None, scale: np.ndarray | None = None,
+                 indices: np.ndarray | None = None):
         self.x = x
         self.mean = None if mean is None else np.asarray(mean, np.float64)
         self.scale = None if scale is None else np.asarray(scale, np.float64)
-        self.shape = x.shape
+        self.indices = indices  # a subset of x's rows (a fold), read chunk by chunk: no copy of the fold
+        self.shape = (len(indices) if indices is not None else x.shape[0], x.shape[1])
 
     def rows(self, indices: np.ndarray) -> "Standardised":
-        """The same view of a subset of rows (a fold)."""
-        view = Standardised(self.x[indices])
-        view.mean, view.scale = self.mean, self.scale
-        return view
+        """The same view of a subset of rows (a fold). An in-memory standardised copy is indexed at once (it is
+        small); on-the-fly features stay where they are and the fold's rows are gathered a chunk at a time."""
+        if self.mean is None and self.indices is None:
+            return Standardised(self.x[indices])
+        chosen = indices if self.indices is None else self.indices[indices]
+        return Standardised(self.x, self.mean, self.scale, chosen)
 
     def _chunks(self):
         for start in range(0, self.shape[0], ROWS_PER_CHUNK):
-            rows = np.asarray(self.x[start:start + ROWS_PER_CHUNK], dtype=np.float64)
+            block = self.x[start:start + ROWS_PER_CHUNK] if self.indices is None else \
+                self.x[self.indices[start:start + ROWS_PER_CHUNK]]
+            rows = np.asarray(block, dtype=np.float64)
             if self.mean is not None:
                 rows = (rows - self.mean) * self.scale
             yield start, rows

@@ -162,3 +162,17 @@ def test_a_val_folder_is_used_as_given_and_class_folders_keep_a_scored_share(tmp
     assert len(split["val"]) == 3 and len(split["train"]) == 15  # 1 of 6 per class held out and scored
     assert _head_fit_line(flat)["chosen_by"] == "5-fold cross-validation"
     assert _head_fit_line(flat)["photos"] == 15 and flat.read_evaluation()["split"] == "val"
+
+
+def test_on_the_fly_folds_give_the_same_choice_and_head_as_a_standardised_copy(monkeypatch):
+    # Large feature sets are standardised a chunk at a time and folds index them lazily (no copy of a fold);
+    # the numbers must be those of the in-memory copy.
+    x, y = _blobs(30, 3, 12, 2.0, seed=11)
+    copy_head, copy_trials = fit_head_cv(x, y, 3, epsilon=1e-3, grid=(0.01, 0.1), folds=3)
+    monkeypatch.setattr(headfit, "COPY_BUDGET_BYTES", 0)
+    monkeypatch.setattr(headfit, "ROWS_PER_CHUNK", 7)  # several chunks per fold
+    lazy_head, lazy_trials = fit_head_cv(x, y, 3, epsilon=1e-3, grid=(0.01, 0.1), folds=3)
+    assert lazy_head.l2 == copy_head.l2
+    for lazy, copy in zip(lazy_trials, copy_trials):
+        assert lazy.val_loss == pytest.approx(copy.val_loss, abs=1e-5)
+    np.testing.assert_allclose(lazy_head.kernel, copy_head.kernel, atol=1e-4)

@@ -68,6 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         values["weights"] = None if args.weights.lower() in ("none", "random", "null") else args.weights
     if args.no_class_weights:
         values["class_weights"] = False
+    if args.tta:
+        values["tta"] = True
     if args.no_tta:
         values["tta"] = False
     if isinstance(values.get("data"), str) and values["data"].lower().endswith(".zip"):
@@ -199,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augmentation", help="preset (none|light|seed), a JSON file, or inline JSON")
     train.add_argument("--weights", help="imagenet (default) or none for random initialisation")
     train.add_argument("--no-class-weights", action="store_true", help="do not weight classes by frequency")
-    train.add_argument("--no-tta", action="store_true", help="no mirrored test-time augmentation")
+    train.add_argument("--tta", action="store_true",
+                       help="mirrored test-time augmentation: each photo scored with its mirror, averaged (off by "
+                       "default: about a point either way on the check sets, for ~11%% more run time)")
+    train.add_argument("--no-tta", action="store_true", help="no mirrored test-time augmentation (the default)")
     train.add_argument("--run-id", help="write into models/<run-id> (used by the app)")
     train.set_defaults(func=cmd_train)
 

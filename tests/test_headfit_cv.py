@@ -176,3 +176,15 @@ def test_on_the_fly_folds_give_the_same_choice_and_head_as_a_standardised_copy(m
     for lazy, copy in zip(lazy_trials, copy_trials):
         assert lazy.val_loss == pytest.approx(copy.val_loss, abs=1e-5)
     np.testing.assert_allclose(lazy_head.kernel, copy_head.kernel, atol=1e-4)
+
+
+@pytest.mark.parametrize("flags, expected", [([], False), (["--tta"], True), (["--no-tta"], False)])
+def test_tta_is_off_by_default_and_one_flag_away(flags, expected, monkeypatch, small_dataset, tmp_path):
+    import core.train
+    from core.cli import build_parser
+
+    seen = []
+    monkeypatch.setattr(core.train, "run_training", lambda config, **kw: seen.append(config) or None)
+    args = build_parser().parse_args(["--models-dir", str(tmp_path), "train", "--data", str(small_dataset), *flags])
+    args.func(args)
+    assert seen[0].tta is expected

@@ -176,3 +176,16 @@ def compare_figure(curves: dict[str, Sequence[dict[str, Any]]], metric: str = "v
     if metric.endswith("accuracy"):
         fig.update_yaxes(tickformat=".0%")
     return fig
+
+
+def head_fit_caption(epochs: list[dict]) -> str:
+    """What the points of an exact head fit are, in words for the Train page (CV or a validation folder)."""
+    from core.headfit import CV_FOLDS
+
+    if any(e.get("cross_validated") for e in epochs if e.get("l2") is not None):
+        return (f"Phase 1 fits the head exactly on cached features: each point is one L2 strength (strongest first), "
+                f"its 'validation' values out of fold ({CV_FOLDS}-fold cross-validation over every training photo). "
+                "The strength with the lowest out-of-fold loss without label smoothing is then refitted on all "
+                "photos: that last fit is the model kept.")
+    return ("Phase 1 fits the head exactly on cached features, once per L2 strength (weakest first); each point is one "
+            "fit, and the one with the lowest validation loss (without label smoothing) is kept.")

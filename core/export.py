@@ -1,5 +1,5 @@
 """Export a finished run (.keras, SavedModel, LiteRT float32/float16/int8, ONNX), check each export's parity
-with the Keras model on the run's validation images, and pack a demo bundle for a TensorFlow-free deployment.
+with the Keras model on the run's held-out images (validation, else test), and pack a demo bundle for a TensorFlow-free deployment.
 
 Everything lands in `<run>/exports/`; `exports/parity.json` holds one entry per format (merged across calls).
 Exporting needs the train profile with the TensorFlow backend; reading the results (core.bundle) does not.
@@ -108,7 +108,7 @@ def require_export_stack(formats: Sequence[str]) -> None:
 
 def export_run(run: RunDir, formats: Sequence[str], data_root: Path | str | None = None,
                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Write each format into <run>/exports/, check its parity on the validation images, merge parity.json.
+    """Write each format into <run>/exports/, check its parity on held-out images (parity_part), merge parity.json.
 
     A format whose exporter fails, or a float format under FLOAT_AGREEMENT, is kept in the result with
     `passed: false` (and `error`), never dropped; `failed` lists them. `data_root` points at a moved dataset.
@@ -120,15 +120,16 @@ def export_run(run: RunDir, formats: Sequence[str], data_root: Path | str | None
     model = float32_model(load_run_model(run))
     exports_dir(run).mkdir(exist_ok=True)
     say = progress or (lambda message: None)
-    say("Decoding the validation images for the parity check")
-    images, labels = split_images(run, "val", data_root=data_root)
+    part = parity_part(run)
+    say(f"Decoding the {part} images for the parity check")
+    images, labels = split_images(run, part, limit=PARITY_IMAGES, data_root=data_root)
     reference = _predict_keras(model, images)
     exporter = _Exporter(run, model, data_root)
     entries: dict[str, Any] = {}
     try:
         for fmt in formats:
             say(f"Exporting {fmt}")
-            entries[fmt] = exporter.export_and_check(fmt, images, labels, reference)
+            entries[fmt] = {**exporter.export_and_check(fmt, images, labels, reference), "checked_on": part}
             _merge_parity(run, {fmt: entries[fmt]})
     finally:
         exporter.close()
@@ -170,7 +171,7 @@ class _Exporter:
         decided = entry["decisive_agreement"]
         entry["passed"] = bool(decided >= FLOAT_AGREEMENT) if FORMATS[fmt].is_float else True
         if not entry["passed"]:
-            entry["error"] = (f"top-1 agrees with the Keras model on {decided:.1%} of the validation images it "
+            entry["error"] = (f"top-1 agrees with the Keras model on {decided:.1%} of the held-out images it "
                               f"decides (top two more than {TIE_MARGIN} apart), under the required "
                               f"{FLOAT_AGREEMENT:.0%}.")
         return entry
@@ -330,6 +331,21 @@ def _float32_config(value: Any) -> Any:
     if isinstance(value, list):
         return [_float32_config(item) for item in value]
     return "float32" if isinstance(value, str) and value in ("mixed_float16", "mixed_bfloat16") else value
+
+
+# Held-out images a parity check compares on, at most (a seeded sample beyond): enough to see a 1% disagreement.
+PARITY_IMAGES = 500
+
+
+def parity_part(run: RunDir) -> str:
+    """The split the parity check uses: validation when the run has one, else test. A run of the default recipe on
+    a folder with train/ and test/ has no validation split (its head's L2 was chosen by cross-validation)."""
+    split = run.read_split()
+    for part in ("val", "test"):
+        if split.get(part):
+            return part
+    raise StudioError(f"Run {run.run_id} has neither val nor test images in split.json; the export's parity check "
+                      "needs held-out images.")
 
 
 def split_images(run: RunDir, part: str, limit: int | None = None, seed: int = 0,

@@ -61,6 +61,11 @@ class Trial:
     val_loss: float | None
     val_accuracy: float | None
     iterations: int
+    # What the choice between L2 strengths rests on: the held-out (or out-of-fold) cross-entropy WITHOUT label
+    # smoothing, the loss the fit itself minimises. The smoothed val_loss (shown on the charts, so head and
+    # fine-tuning losses compare) rewards under-confident heads: with the default smoothing of 0.1 it chose the
+    # strongest L2 of the grid on the shapes set (91.8% test) where the plain loss chose 0.01 (93.2%).
+    selection_loss: float | None = None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -216,13 +221,17 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None,
             kernel, bias, iterations = fit_logistic(train_z, train_y, num_classes, l2, sample_weight, within)
         except FitStopped:
             break
-        loss, accuracy = _scores(softmax(train_z @ kernel + bias), train_y, label_smoothing)
+        train_probs = softmax(train_z @ kernel + bias)
+        loss, accuracy = _scores(train_probs, train_y, label_smoothing)
         val_loss = val_accuracy = None
+        selection = _scores(train_probs, train_y, 0.0)[0]
         if has_val:
-            val_loss, val_accuracy = _scores(softmax(val_z @ kernel + bias), val_y, label_smoothing)
-        trial = Trial(l2, loss, accuracy, val_loss, val_accuracy, iterations)
+            val_probs = softmax(val_z @ kernel + bias)
+            val_loss, val_accuracy = _scores(val_probs, val_y, label_smoothing)
+            selection = _scores(val_probs, val_y, 0.0)[0]
+        trial = Trial(l2, loss, accuracy, val_loss, val_accuracy, iterations, selection)
         trials.append(trial)
-        score = val_loss if val_loss is not None else loss
+        score = selection
         if best is None or score < best[0]:
             best = (score, LinearHead(mean, variance, kernel, bias, l2))
         if on_trial is not None and on_trial(trial, index, len(grid)) is False:
@@ -362,12 +371,13 @@ def fit_head_cv(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, epsi
         except FitStopped:
             stopped = True
             break
-        val_loss, val_accuracy = _weighted_scores(out_of_fold[seen], train_y[seen],
-                                                  None if weights is None else weights[seen], label_smoothing)
+        seen_weights = None if weights is None else weights[seen]
+        val_loss, val_accuracy = _weighted_scores(out_of_fold[seen], train_y[seen], seen_weights, label_smoothing)
+        selection, _ = _weighted_scores(out_of_fold[seen], train_y[seen], seen_weights, 0.0)
         trial = Trial(l2, float(np.mean(fit_losses)), float(np.mean(fit_accuracies)), val_loss, val_accuracy,
-                      iterations)
+                      iterations, selection)
         trials.append(trial)
-        if best is None or trial.val_loss < best.val_loss:
+        if best is None or trial.selection_loss < best.selection_loss:
             best = trial
         if on_trial is not None and on_trial(trial, index, total) is False:
             stopped = True

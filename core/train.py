@@ -435,6 +435,8 @@ class Trainer:
                                   "phase_epoch": index + 1, "loss": trial.loss, "accuracy": trial.accuracy,
                                   "val_loss": trial.val_loss, "val_accuracy": trial.val_accuracy,
                                   "l2": trial.l2, "iterations": trial.iterations,
+                                  "selection_loss": trial.selection_loss,
+                                  "cross_validated": self.cross_validated,
                                   "seconds": time.perf_counter() - started})
             return self.tracker.advance(index + 1, message=f"L2 strength {trial.l2:g} fitted")
 

@@ -186,7 +186,8 @@ def export_section(run) -> None:
     from core.export import BUNDLES, FORMATS, exports_dir, read_parity
 
     st.subheader("Export")
-    st.caption("Every export is checked against the Keras model on the validation images (float formats must give "
+    st.caption("Every export is checked against the Keras model on held-out images: the validation split, else the "
+               "test split (float formats must give "
                "the same top-1 on at least 99%). The demo bundle holds the first format that runs without "
                "TensorFlow, with the classes and this report: put it in a hosted demo's demo/ folder.")
     left, right = st.columns([3, 1])

@@ -185,8 +185,7 @@ def render_run(run_id: str) -> None:
     cols[1].plotly_chart(charts.curve_figure(epochs, "accuracy", "Accuracy"), key="accuracy_curve")
     cols[2].plotly_chart(charts.learning_rate_figure(epochs), key="lr_curve")
     if any(e.get("l2") is not None for e in epochs):
-        st.caption("Phase 1 fits the head exactly on cached features, once per L2 strength (weakest first); each "
-                   "point is one fit, and the one with the lowest validation loss is kept.")
+        st.caption(charts.head_fit_caption(epochs))
 
 
 @st.fragment(run_every=POLL_SECONDS)

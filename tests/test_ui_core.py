@@ -174,3 +174,12 @@ def test_top_k_bars_show_class_names_as_text_not_plotly_html():
     labels = list(figure.data[0].y)
     assert labels[0].startswith("&lt;b&gt;x&lt;/b&gt;") and "<" not in labels[0]
     assert len(labels[1]) <= 24 and "…" in labels[1] and figure.data[0].hovertext[1] == "c" * 80
+
+
+def test_head_fit_caption_says_what_the_points_are():
+    from core import charts
+
+    cv = charts.head_fit_caption([{"l2": 0.3, "cross_validated": True}, {"l2": 0.1, "cross_validated": True}])
+    assert "strongest first" in cv and "out of fold" in cv and "refitted on all" in cv
+    held = charts.head_fit_caption([{"l2": 0.001, "cross_validated": False}])
+    assert "weakest first" in held and "out of fold" not in held

@@ -16,11 +16,11 @@ from core import StudioError
 
 
 def run(what: str, args: argparse.Namespace) -> dict[str, Any]:
-    if what in ("loader", "recipe", "features") and not args.data:
+    if what in ("loader", "recipe", "features", "health") and not args.data:
         raise StudioError(f"bench {what} needs --data DIR (a labelled image folder).")
     handlers: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
         "loader": bench_loader, "train": bench_train, "recipe": bench_recipe, "scale": bench_scale,
-        "stop": bench_stop, "features": bench_features}
+        "stop": bench_stop, "features": bench_features, "health": bench_health}
     result = handlers[what](args)
     return {"bench": what, "machine": machine_summary(), **result}
 
@@ -228,6 +228,27 @@ def bench_features(args: argparse.Namespace) -> dict[str, Any]:
         raise StudioError(f"Unknown feature set {unknown[0]!r}; choose from {', '.join(CANDIDATES)}.")
     chosen = {name: CANDIDATES[name] for name in args.candidates} if args.candidates else None
     return study(args.data, backbone, size, args.resplits, work, chosen)
+
+
+# ----------------------------------------------------------------------------------------- health
+def bench_health(args: argparse.Namespace) -> dict[str, Any]:
+    """The data health check from a cold cache against its own feature pass (decode + features): the issue's bound
+    is twice that pass. Both measured inside one run, so the ratio holds whatever the machine's speed."""
+    import tempfile
+
+    from core.health import health_report
+
+    with tempfile.TemporaryDirectory(prefix="studio-health-") as cache:
+        report = health_report(args.data, backbone=args.recipe_backbone, image_size=args.image_size_override,
+                               cache_dir=cache)
+    seconds = report["seconds"]
+    feature_pass = seconds["decode"] + seconds["features"]
+    return {"data": report["data"], "photos": report["photos"], "seconds": seconds,
+            "feature_pass_seconds": round(feature_pass, 2),
+            "health_over_feature_pass": round(seconds["total"] / feature_pass, 2),
+            "found": {"suspect_labels": len(report["suspect_labels"]),
+                      "near_duplicate_groups": len(report["near_duplicates"]), "leaks": len(report["leaks"]),
+                      "outliers": len(report["outliers"]), "odd_shapes": len(report["odd_shapes"])}}
 
 
 # ----------------------------------------------------------------------------------------- scale

@@ -181,6 +181,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    from core.health import health_report
+
+    _print_json(health_report(_unpacked(args.data),
+                              backbone=args.backbone, image_size=args.image_size, cache_dir=args.cache_dir))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from core import bench
 
@@ -243,9 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--seconds", type=float, default=2.0, help="length of the convolution test (default 2 s)")
     doctor.set_defaults(func=cmd_doctor)
 
+    health = sub.add_parser("health", help="data health as JSON: suspect labels, near-duplicates and train/test "
+                            "leaks, imbalance, outliers, odd shapes (one feature pass, cached)")
+    health.add_argument("data", help="a labelled image folder or a .zip of one")
+    health.add_argument("--backbone", default=None, help="default: the recipe's backbone")
+    health.add_argument("--image-size", type=int, default=None, help="default: the backbone's recipe size")
+    health.add_argument("--cache-dir", default=None, help="decoded images and features (default: training's cache)")
+    health.set_defaults(func=cmd_health)
     bench = sub.add_parser("bench", help="measure: loader | train | recipe throughput, scale (memory, disk, "
                                          "time per phase by dataset size), stop (seconds to stop in each phase)")
-    bench.add_argument("what", choices=["loader", "train", "recipe", "scale", "stop", "features"])
+    bench.add_argument("what", choices=["loader", "train", "recipe", "scale", "stop", "features", "health"])
     bench.add_argument("--data", default=None, help="loader, recipe: the image folder; train: also measure fine-tune "
                                                      "steps fed by the real loader from it (real vs synthetic)")
     bench.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto",

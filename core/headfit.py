@@ -314,8 +314,12 @@ def fit_head_cv(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, epsi
                 sample_weight: np.ndarray | None = None, label_smoothing: float = 0.0,
                 grid: tuple[float, ...] = L2_GRID, folds: int = CV_FOLDS, seed: int = 0,
                 on_trial: Callable[[Trial, int, int], bool] | None = None,
-                on_iteration: Callable[[int, float], bool] | None = None) -> tuple[LinearHead | None, list[Trial]]:
+                on_iteration: Callable[[int, float], bool] | None = None,
+                out_of_fold: dict[float, np.ndarray] | None = None) -> tuple[LinearHead | None, list[Trial]]:
     """Choose L2 by k-fold cross-validation over every training photo, then fit once on all of them.
+
+    `out_of_fold`, when given, receives each L2's out-of-fold probabilities (N, C) (the data health check ranks
+    suspect labels by them).
 
     Why: carving a validation split out of a few hundred photos both trains on fewer photos and chooses L2 on a
     noisy handful; k folds use every photo for both. Each Trial is one L2 strength: `loss`/`accuracy` on the
@@ -344,7 +348,7 @@ def fit_head_cv(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, epsi
     best: Trial | None = None
     stopped = False
     for index, l2 in enumerate(order):
-        out_of_fold = np.zeros((n, num_classes))
+        held_out_probs = np.zeros((n, num_classes))
         seen = np.zeros(n, bool)
         fit_losses, fit_accuracies, iterations = [], [], 0
         try:
@@ -366,14 +370,16 @@ def fit_head_cv(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, epsi
                                                   label_smoothing)
                 fit_losses.append(loss)
                 fit_accuracies.append(accuracy)
-                out_of_fold[held_rows] = softmax(z.rows(held_rows) @ kernel + bias)
+                held_out_probs[held_rows] = softmax(z.rows(held_rows) @ kernel + bias)
                 seen[held_rows] = True
         except FitStopped:
             stopped = True
             break
+        if out_of_fold is not None:
+            out_of_fold[l2] = held_out_probs
         seen_weights = None if weights is None else weights[seen]
-        val_loss, val_accuracy = _weighted_scores(out_of_fold[seen], train_y[seen], seen_weights, label_smoothing)
-        selection, _ = _weighted_scores(out_of_fold[seen], train_y[seen], seen_weights, 0.0)
+        val_loss, val_accuracy = _weighted_scores(held_out_probs[seen], train_y[seen], seen_weights, label_smoothing)
+        selection, _ = _weighted_scores(held_out_probs[seen], train_y[seen], seen_weights, 0.0)
         trial = Trial(l2, float(np.mean(fit_losses)), float(np.mean(fit_accuracies)), val_loss, val_accuracy,
                       iterations, selection)
         trials.append(trial)

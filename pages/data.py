@@ -161,7 +161,64 @@ def report_section(path) -> None:
         with right:
             split_table(dataset)
     problem_lists(report, dataset.root)
+    if not report.errors:
+        health_section(dataset)
     thumbnails(dataset)
+
+
+def health_section(dataset) -> None:
+    """Data health (core.health): suspect labels, near-duplicates and leaks, imbalance, outliers, odd shapes."""
+    from core.health import check_in_own_process, load_saved_report
+    from core.imagecache import default_cache_dir
+    from core.workspace import hosted_mode
+
+    st.markdown("**Data health**")
+    cache = default_cache_dir(current_workspace(sync_address=False).runs_dir())
+    saved = load_saved_report(dataset.root, cache)
+    if hosted_mode():
+        st.caption("The health check runs a feature pass over every photo; on this shared demo it is off. "
+                   "Run it on your own machine: `python -m core health DATA`.")
+        return
+    label = "Check again" if saved else "Check data health"
+    if st.button(label, key="health_check", help="One frozen-backbone pass over every photo (its decoded images "
+                 "are reused by training): likely wrong labels, near-duplicates and train/test leaks, outliers."):
+        with st.spinner(f"Checking {dataset.report.usable_images:,} photos: decoding, features, 5-fold fits…"):
+            try:
+                check_in_own_process(dataset.root, cache)
+            except StudioError as err:
+                show_error(err)
+                return
+        st.rerun()  # redraw from the saved report (and the button now reads "Check again")
+    if saved is None:
+        return
+    cols = st.columns(5)
+    cols[0].metric("Suspect labels", len(saved["suspect_labels"]),
+                   help="Out-of-fold predictions disagree with the given label (confident ones first)")
+    cols[1].metric("Near-duplicate groups", len(saved["near_duplicates"]))
+    cols[2].metric("Train/test leaks", len(saved["leaks"]))
+    cols[3].metric("Outliers", len(saved["outliers"]))
+    cols[4].metric("Tiny or extreme shapes", len(saved["odd_shapes"]))
+    st.caption(f"Checked in {saved['seconds']['total']:.0f} s; out-of-fold accuracy "
+               f"{saved['out_of_fold_accuracy']:.1%}; largest class over smallest "
+               f"{saved['imbalance']['largest_over_smallest']:g}.")
+    root = dataset.root
+    if saved["suspect_labels"]:
+        with st.expander(f"Suspect labels ({len(saved['suspect_labels'])}), most suspect first"):
+            top = saved["suspect_labels"][:12]
+            pictures = [(thumb(str(root / s["path"])), s) for s in top]
+            st.image([p for p, _ in pictures if p is not None], width=96,
+                     caption=[shorten(f"{s['label']} → {s['suggested']}?", 30) for p, s in pictures if p is not None])
+            st.dataframe(cells([{k: s[k] for k in ("path", "label", "suggested", "score", "confident")}
+                                for s in saved["suspect_labels"]], root), width="stretch", hide_index=True)
+    if saved["near_duplicates"]:
+        with st.expander(f"Near-duplicates ({len(saved['near_duplicates'])} groups, {len(saved['leaks'])} across "
+                         "splits)"):
+            st.dataframe(cells([{"files": ", ".join(g["paths"]), "splits": ", ".join(g["splits"]),
+                                 "similarity": g["similarity"]} for g in saved["near_duplicates"]], root),
+                         width="stretch", hide_index=True)
+    if saved["outliers"] or saved["odd_shapes"]:
+        with st.expander(f"Outliers and odd shapes ({len(saved['outliers']) + len(saved['odd_shapes'])})"):
+            st.dataframe(cells(saved["outliers"] + saved["odd_shapes"], root), width="stretch", hide_index=True)
 
 
 def split_table(dataset) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -110,7 +112,7 @@ def test_single_threaded_blas_limits_numpy_and_restores_it():
 
 
 # ------------------------------------------------------------------------------------- the trainer's choice
-def _train_and_test_folders(flowers: "Path", root: "Path") -> "Path":
+def _train_and_test_folders(flowers: Path, root: Path) -> Path:
     """flowers-mini laid out as train/ + test/ (its val/ photos as the test set), no val/ folder."""
     import os
 
@@ -218,3 +220,15 @@ def test_label_smoothing_shows_on_the_curves_but_the_choice_rests_on_the_plain_l
         assert trial.selection_loss == pytest.approx(by_l2[trial.l2].val_loss, rel=1e-6)
         assert trial.val_loss != pytest.approx(trial.selection_loss)  # the curves show the smoothed loss
     assert min(trials, key=lambda t: t.val_loss).l2 != head.l2  # the smoothed loss would have chosen otherwise
+
+
+def test_out_of_fold_probabilities_are_handed_out_per_l2():
+    x, y = _blobs(20, 3, 8, 1.5, seed=13)
+    by_l2 = {}
+    head, trials = fit_head_cv(x, y, 3, 1e-3, grid=(0.01, 0.1), folds=4, out_of_fold=by_l2)
+    assert set(by_l2) == {0.01, 0.1}
+    for trial in trials:
+        probs = by_l2[trial.l2]
+        assert probs.shape == (60, 3) and np.allclose(probs.sum(1), 1)
+        plain = -np.log(np.clip(probs[np.arange(60), y], 1e-7, 1)).mean()
+        assert plain == pytest.approx(trial.selection_loss, abs=1e-9)

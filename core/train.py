@@ -132,7 +132,7 @@ def training_plan(config: TrainConfig, counts: dict[str, int], finetune_epochs: 
     if config.head_epochs > 0 and config.head_mode == "features":
         # With a val/ folder: one fit per L2 on it; else each L2 is cross-validated (CV_FOLDS fits, warm-started,
         # in the photos' row space) and one refit on all photos follows. Seconds per unit measured on 2 cores.
-        fits = len(L2_GRID) if cross_validated is False else len(L2_GRID) + 1
+        fits = len(L2_GRID) + 1 if cross_validated else len(L2_GRID)
         phases += [progress.Phase(progress.FEATURES, n_train + (0 if cross_validated else n_val)),
                    progress.Phase(progress.HEAD_FIT, fits, unit="fits", seconds_per_unit=0.1 + 0.0005 * n_train)]
     elif config.head_epochs > 0:

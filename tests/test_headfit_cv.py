@@ -7,17 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from test_headfit import _blobs  # the same blobs of labelled points
+
 import core.headfit as headfit
 from core.headfit import (RowSpace, fit_head_cv, fit_logistic, single_threaded_blas, softmax, standardise,
                           stratified_folds)
-
-
-def _blobs(n_per_class: int, classes: int, dims: int, spread: float, seed: int):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 1, (classes, dims))
-    x = np.concatenate([c + rng.normal(0, spread, (n_per_class, dims)) for c in centres])
-    y = np.repeat(np.arange(classes), n_per_class)
-    return x.astype(np.float32), y
 
 
 def test_folds_hold_every_photo_once_and_each_class_in_proportion():

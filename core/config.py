@@ -70,6 +70,7 @@ RULES: dict[str, Rule] = {
     "threads": Rule("int", 1, 256, null="one per core"),
     "log_every_steps": Rule("int", 1, 1_000_000, unit="steps"),
     "run_name": Rule("text", 0, 200),
+    "overrides": Rule("text", 0, 4096, null="no overrides file"),
 }
 
 
@@ -206,6 +207,9 @@ class TrainConfig:
     threads: int | None = None          # augmentation threads; None = one per core
     log_every_steps: int = 5            # write a step line to metrics.jsonl this often
     run_name: str = ""                  # optional label shown in the UI
+    # The cleaning loop's corrections (core.overrides): "auto" = the <folder>.overrides.json beside the dataset
+    # when there is one, a path = that file, None = train on the folders as they are.
+    overrides: str | None = "auto"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":

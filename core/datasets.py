@@ -61,6 +61,8 @@ class Dataset:
     root: Path
     report: DatasetReport
     samples: list[Sample]
+    # The samples as the folders give them, when core.overrides changed `samples` (relabelled or excluded photos).
+    unoverridden: list[Sample] | None = None
 
     @property
     def classes(self) -> list[str]:

@@ -27,6 +27,7 @@ CLASSES = "classes.json"
 SPLIT = "split.json"
 MODEL = "model.keras"
 EVALUATION = "evaluation.json"
+OVERRIDES = "overrides.json"  # the cleaning loop's corrections a run trained with (core.overrides.summary)
 STOP_REQUEST = "STOP"
 
 STATES = ("queued", "running", "succeeded", "failed", "stopped")
@@ -438,6 +439,11 @@ class RunDir:
         if problem is not None:
             raise RunDamaged(self.run_id, EVALUATION, problem)
         return evaluation
+
+    def read_overrides_used(self) -> dict[str, Any] | None:
+        """The corrections this run trained with (None: it used no overrides file, or it predates them)."""
+        used = read_json(self.file(OVERRIDES), None)
+        return used if isinstance(used, dict) else None
 
     def has_model(self) -> bool:
         return self.file(MODEL).is_file()

@@ -33,7 +33,9 @@ from core.datasets import Dataset, Sample, scan, split_samples, split_to_json
 from core.distribute import (Parallelism, any_process, cluster_from_env, data_parallel, leave_distribution,
                              prepare_devices)
 from core.imagecache import ImageCache, StopRequested, default_cache_dir, max_cache_bytes, open_or_build, prune
-from core.runs import MODEL, RunDir
+from core.overrides import Applied, apply_overrides, resolve_file
+from core.overrides import summary as overrides_summary
+from core.runs import MODEL, OVERRIDES, RunDir, write_json_atomic
 
 PHASE_HEAD, PHASE_FINETUNE = progress.HEAD_EPOCHS, progress.FINETUNE
 # A fine-tuning image costs about 3.5 frozen feature passes on a CPU (forward, then backward through the unfrozen
@@ -55,16 +57,23 @@ class PreparedData:
     labels: dict[str, np.ndarray]
 
 
-def prepare_dataset(config: TrainConfig) -> tuple[Dataset, dict[str, list[Sample]]]:
-    """Scan and split, refusing data that cannot be trained on (before any run folder exists)."""
-    dataset = scan(config.data)
+def prepare_dataset(config: TrainConfig) -> tuple[Dataset, dict[str, list[Sample]], Applied]:
+    """Scan, apply the user's corrections (core.overrides) and split, refusing data that cannot be trained on
+    (before any run folder exists)."""
+    dataset, applied = scan_with_overrides(config)
     if not dataset.report.trainable:
         raise StudioError(" ".join(dataset.report.errors))
     split = split_samples(dataset, config.val_fraction, config.test_fraction, config.seed)
     if not split["val"]:
         raise StudioError(f"{dataset.root}: no image could be held out for validation; "
                           "each class needs at least 2 images.")
-    return dataset, split
+    return dataset, split, applied
+
+
+def scan_with_overrides(config: TrainConfig) -> tuple[Dataset, Applied]:
+    """The dataset as the run sees it: scanned, with the overrides file's relabels and exclusions applied."""
+    dataset = scan(config.data)
+    return apply_overrides(dataset, resolve_file(config.overrides, dataset.root))
 
 
 def class_weight_vector(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -673,7 +682,7 @@ def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Pat
         from core.hosting import check_training_limits
 
         check_training_limits(config)  # hosted mode: a run over a visitor's limits never starts
-        dataset, default_split = prepare_dataset(config)
+        dataset, default_split, applied = prepare_dataset(config)
         split = split or default_split
     except StudioError as err:
         if run is not None:  # the UI made the folder already: record why it failed
@@ -693,6 +702,8 @@ def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Pat
             shutil.rmtree(scratch, ignore_errors=True)
         return None
     run = run or RunDir.create(models_dir)
+    if applied.file is not None:  # the corrections this run trained with, as they were when it started
+        write_json_atomic(run.file(OVERRIDES), overrides_summary(applied))
     trainer = Trainer(config, run, cache_dir, exit_on_stop=exit_on_stop)
     previous = _install_stop_signal(trainer)
     run.set_status("running", pid=os.getpid(), started=time.time(), error=None)

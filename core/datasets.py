@@ -18,6 +18,14 @@ SPLIT_NAMES = ("train", "val", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX", ".ipynb_checkpoints"}
+# The cleaning loop's file beside a dataset folder (core.overrides): never a photo, a class or a wrapper folder's
+# sibling that stops the descent into it.
+OVERRIDES_SUFFIX = ".overrides.json"
+
+
+def is_ignored_name(name: str) -> bool:
+    """System files, hidden entries and overrides files: never part of a dataset."""
+    return name in IGNORED_NAMES or name.startswith(".") or name.endswith(OVERRIDES_SUFFIX)
 
 
 @dataclass
@@ -77,7 +85,7 @@ def resolve_root(path: Path | str) -> Path:
     if not root.is_dir():
         raise StudioError(f"{root} is a file, not a folder. Give a folder with one sub-folder per class.")
     for _ in range(3):  # e.g. an unzipped "flowers/flowers/<classes>" wrapper
-        entries = [e for e in root.iterdir() if e.name not in IGNORED_NAMES and not e.name.startswith(".")]
+        entries = [e for e in root.iterdir() if not is_ignored_name(e.name)]
         if len(entries) == 1 and entries[0].is_dir() and not _has_images(root) \
                 and not _is_split_folder_set(entries) and any(p.is_dir() for p in entries[0].iterdir()):
             root = entries[0]
@@ -101,7 +109,7 @@ def _list_files(folder: Path, relative_to: Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if d not in IGNORED_NAMES and not d.startswith("."))
         for name in sorted(filenames):
-            if name in IGNORED_NAMES or name.startswith("._"):
+            if name in IGNORED_NAMES or name.startswith("._") or name.endswith(OVERRIDES_SUFFIX):
                 continue
             found.append((Path(dirpath) / name).relative_to(relative_to))
     return found

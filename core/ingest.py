@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 from core import StudioError
-from core.datasets import IGNORED_NAMES
+from core.datasets import IGNORED_NAMES, OVERRIDES_SUFFIX
 from core.workspace import datasets_dir, safe_name, workspace_of
 
 # Defaults; each can be changed per deployment with the environment variable named beside it.
@@ -374,9 +374,10 @@ def list_datasets(parent: Path | None = None) -> list[Path]:
 
 
 def iter_tree_files(folder: Path) -> Iterator[Path]:
-    """Every regular file below `folder` (used to fingerprint a dataset for caching)."""
+    """Every regular file below `folder` (used to fingerprint a dataset for caching), overrides files aside: a
+    relabel must not make the whole folder look changed and be scanned again."""
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
+        if path.is_file() and not path.name.endswith(OVERRIDES_SUFFIX):
             yield path
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from core import StudioError
-from core.datasets import Dataset, Sample
+from core.datasets import OVERRIDES_SUFFIX, Dataset, Sample
 from core.runs import write_json_atomic
 
-SUFFIX = ".overrides.json"
+SUFFIX = OVERRIDES_SUFFIX
 FORMAT_VERSION = 1
 ACTIONS = ("relabel", "exclude")
 SOURCES = ("health", "mistakes", "data", "cli")
@@ -58,8 +58,9 @@ class Applied:
 
 
 def file_beside(root: Path | str) -> Path:
-    """The overrides file of a dataset folder: `<parent>/<name>.overrides.json` (outside the folder, so a scan or
-    a fingerprint of the folder never sees it)."""
+    """The overrides file of a dataset: `<parent>/<name>.overrides.json` beside the folder that holds the classes
+    (or train/ test/). Outside that folder, so no scan lists it; scans, fingerprints and the descent through
+    wrapper folders skip such files (core.datasets.is_ignored_name)."""
     root = Path(root)
     return root.parent / f"{root.name}{SUFFIX}"
 
@@ -244,13 +245,13 @@ def summary(applied: Applied) -> dict[str, Any]:
             "count": applied.count}
 
 
-def resolve_file(setting: str | None, data_root: Path | str) -> Path | None:
+def resolve_file(setting: str | None, root: Path | str) -> Path | None:
     """Which overrides file a run uses: "auto" is the one beside the dataset when it exists, None or "none"
     is no file, anything else is a path (which must exist: a typo must not train without the corrections)."""
     if setting is None or setting.lower() == "none":
         return None
     if setting == "auto":
-        beside = file_beside(data_root)
+        beside = file_beside(root)
         return beside if beside.is_file() else None
     path = Path(setting).expanduser()
     if not path.is_file():

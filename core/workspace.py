@@ -347,3 +347,7 @@ def delete_holding(workspace: Workspace, holding: Holding) -> None:
     if current.busy:
         raise StudioError(f"{holding.name} is in use by a training run; stop the run first, then delete it.")
     shutil.rmtree(path)
+    if holding.kind == "dataset":  # its cleaning-loop corrections go with it (core.overrides.file_beside)
+        from core.overrides import file_beside
+
+        file_beside(path).unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from core import device as core_device
 from core import jobs, profile, samples
 from core.datasets import Dataset, scan
 from core.images import ImageError
+from core.overrides import Applied, apply_overrides, file_beside, file_in_store
 from core.ingest import fingerprint
 from core.runs import RunDir, list_runs
 from core.safetext import markdown_literal
@@ -117,8 +118,31 @@ def scan_cached(path: str, signature: str) -> Dataset:
 
 
 def load_dataset(path: Path | str) -> Dataset:
-    """The scanned dataset at `path` (cached until its files change)."""
+    """The scanned dataset at `path` (cached until its files change), with this workspace's corrections applied
+    (core.overrides: relabelled photos under their new class, excluded ones left out)."""
+    return load_dataset_and_corrections(path)[0]
+
+
+def load_dataset_plain(path: Path | str) -> Dataset:
+    """The scanned dataset as its folders give it, without corrections."""
     return scan_cached(str(path), fingerprint(path))
+
+
+def load_dataset_and_corrections(path: Path | str) -> tuple[Dataset, Applied]:
+    """The corrected dataset and what the corrections did (counts, and entries that no longer match a photo).
+    A damaged overrides file is a StudioError naming it (core.overrides.read_overrides)."""
+    dataset = load_dataset_plain(path)
+    return apply_overrides(dataset, overrides_file(dataset.root))
+
+
+def overrides_file(root: Path | str) -> Path:
+    """Where this session keeps the corrections of the dataset whose classes are in `root`: beside the folder when
+    it is one of this workspace's uploads (where `python -m core train` finds it too), else in the workspace: the
+    shared sample is every visitor's, and one visitor's relabels must never reach another's runs."""
+    workspace = current_workspace(sync_address=False)
+    if workspace.contains(Path(root)):
+        return file_beside(root)
+    return file_in_store(root, workspace.path / "overrides")
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)

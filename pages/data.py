@@ -1,5 +1,8 @@
 """Data: pick the sample or upload a labelled folder (or zip), then read the inspection report."""
 
+import time
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -10,10 +13,14 @@ from core.ingest import ingest_zip, list_datasets, upload_limits
 from core.previews import examples_per_class, thumbnail
 from core.safetext import csv_cell, markdown_literal, shorten
 from core.upload_manifest import UploadAccount, account_upload, ingest_folder_archive
+from pages._cleaning import correction_controls, show_last_correction
 from pages._common import (current_dataset_path, current_workspace, ensure_app_shell, literal_names, load_dataset,
-                           require_train_profile, set_current_dataset, show_error)
+                           load_dataset_and_corrections, load_dataset_plain, overrides_file, require_train_profile,
+                           set_current_dataset, show_error)
 from pages._folder_upload import folder_picker, forget
 
+CORRECTIONS_SHOWN = 24  # photos with an Undo each; the table under them lists every correction
+SUSPECTS_SHOWN = 12  # suspect photos with one-click corrections per page of the health list
 ACCOUNT_KEY = "folder_upload_account"  # (dataset folder, UploadAccount) of the last folder upload
 FOLDER_ERROR_KEY = "folder_upload_error"  # why the last folder archive was refused, shown after the rerun
 
@@ -134,9 +141,10 @@ def earlier_tab() -> None:
 def report_section(path) -> None:
     """The inspection report, the split training will use, and thumbnails per class."""
     try:
-        dataset = load_dataset(path)
+        dataset, applied = load_dataset_and_corrections(path)
     except StudioError as err:
         show_error(err)
+        damaged_corrections(path)
         return
     report = dataset.report
     st.subheader(f"Dataset: {markdown_literal(path.name, 60)}")  # its folder on the server is not shown
@@ -161,9 +169,51 @@ def report_section(path) -> None:
         with right:
             split_table(dataset)
     problem_lists(report, dataset.root)
+    corrections_section(dataset, applied)
     if not report.errors:
         health_section(dataset)
     thumbnails(dataset)
+
+
+def corrections_section(dataset, applied) -> None:
+    """The cleaning loop's corrections of this dataset: each with its photo and an Undo, and Undo all."""
+    show_last_correction()
+    if not applied.count and not applied.stale:
+        return
+    entries = applied.relabelled + applied.excluded
+    with st.expander(f"Your corrections ({len(applied.relabelled)} relabelled, {len(applied.excluded)} excluded)",
+                     expanded=True):
+        st.caption("Kept in a corrections file beside the dataset; the photos stay where they are. The next run "
+                   "trains with them and records them (overrides.json in its folder).")
+        for start in range(0, min(len(entries), CORRECTIONS_SHOWN), 6):
+            cols = st.columns(6)
+            for col, entry in zip(cols, entries[start:start + 6]):
+                with col:
+                    picture = thumb(str(dataset.root / entry.path))
+                    if picture is not None:
+                        st.image(picture, width=96)
+                    st.caption(markdown_literal(shorten(Path(entry.path).name, 28)))
+                    correction_controls(dataset.root, entry.path, dataset.classes, key="corrections")
+        if len(entries) > CORRECTIONS_SHOWN:
+            st.caption(f"{CORRECTIONS_SHOWN} of {len(entries)} shown; the table lists them all.")
+        st.dataframe(cells([{"file": e.path, "correction": e.describe(), "made on": e.source} for e in entries]
+                           + [{"file": s["path"], "correction": "not applied: " + s["reason"], "made on": ""}
+                              for s in applied.stale], dataset.root), width="stretch", hide_index=True)
+        if st.button("Undo all corrections", icon=":material/undo:", key="undo_all_corrections"):
+            overrides_file(dataset.root).unlink(missing_ok=True)
+            st.rerun()
+
+
+def damaged_corrections(path) -> None:
+    """A corrections file that cannot be read: offer to set it aside (renamed, not deleted) so the data opens."""
+    try:
+        file = overrides_file(load_dataset_plain(path).root)
+    except StudioError:
+        return
+    if file.is_file() and st.button("Set the damaged corrections file aside", key="set_aside_corrections",
+                                    help="Renames it (nothing is deleted) so the dataset opens without it."):
+        file.rename(file.with_name(f"{file.name}.damaged-{int(time.time())}"))
+        st.rerun()
 
 
 def health_section(dataset) -> None:
@@ -204,10 +254,7 @@ def health_section(dataset) -> None:
     root = dataset.root
     if saved["suspect_labels"]:
         with st.expander(f"Suspect labels ({len(saved['suspect_labels'])}), most suspect first"):
-            top = saved["suspect_labels"][:12]
-            pictures = [(thumb(str(root / s["path"])), s) for s in top]
-            st.image([p for p, _ in pictures if p is not None], width=96,
-                     caption=[shorten(f"{s['label']} → {s['suggested']}?", 30) for p, s in pictures if p is not None])
+            suspects_with_controls(saved["suspect_labels"], dataset)
             st.dataframe(cells([{k: s[k] for k in ("path", "label", "suggested", "score", "confident")}
                                 for s in saved["suspect_labels"]], root), width="stretch", hide_index=True)
     if saved["near_duplicates"]:
@@ -219,6 +266,25 @@ def health_section(dataset) -> None:
     if saved["outliers"] or saved["odd_shapes"]:
         with st.expander(f"Outliers and odd shapes ({len(saved['outliers']) + len(saved['odd_shapes'])})"):
             st.dataframe(cells(saved["outliers"] + saved["odd_shapes"], root), width="stretch", hide_index=True)
+
+
+def suspects_with_controls(suspects: list[dict], dataset) -> None:
+    """A page of suspect photos, each with its given and suggested class and one-click Relabel / Exclude."""
+    pages = max(1, -(-len(suspects) // SUSPECTS_SHOWN))
+    page = st.number_input(f"Page (of {pages})", 1, pages, 1, key="suspect_page") if pages > 1 else 1
+    shown = suspects[(page - 1) * SUSPECTS_SHOWN:page * SUSPECTS_SHOWN]
+    for start in range(0, len(shown), 6):
+        cols = st.columns(6)
+        for col, suspect in zip(cols, shown[start:start + 6]):
+            with col:
+                picture = thumb(str(dataset.root / suspect["path"]))
+                if picture is not None:
+                    st.image(picture, width=110)
+                st.caption(markdown_literal(shorten(f"{suspect['label']} → {suspect['suggested']}?", 40))
+                           + f" ({suspect['score']:.2f})")
+                correction_controls(dataset.root, suspect["path"], dataset.classes, key="suspect", source="health",
+                                    suggested=suspect["suggested"] if suspect["suggested"] in dataset.classes
+                                    else None)
 
 
 def split_table(dataset) -> None:

@@ -13,7 +13,8 @@ from core.runs import RunDamaged, RunDir
 from core.safetext import markdown_literal
 from core.workspace import workspace_dir
 from pages._common import (current_augmentation, current_workspace, device_info, ensure_app_shell, literal_names,
-                           need_dataset, remember_run, require_train_profile, selected_run_id, show_error)
+                           need_dataset, overrides_file, remember_run, require_train_profile, selected_run_id,
+                           show_error)
 
 POLL_SECONDS = 2.0
 SEEN_STATE_KEY = "train_seen_state"  # (run id, state, active) at the last redraw, to notice a run changing state
@@ -87,7 +88,13 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
             "dropout": float(dropout), "label_smoothing": float(smoothing), "class_weights": bool(class_weights),
             "tta": bool(tta), "run_name": run_name, "augmentation": current_augmentation(),
             "val_fraction": float(saved_setting(state, "val_fraction", DEFAULTS.val_fraction)),
-            "seed": int(saved_setting(state, "seed", DEFAULTS.seed))}
+            "seed": int(saved_setting(state, "seed", DEFAULTS.seed)), "overrides": corrections_setting(dataset_root)}
+
+
+def corrections_setting(dataset_root: Path) -> str | None:
+    """The overrides file the run trains with: this workspace's corrections of the dataset, when it has any."""
+    file = overrides_file(dataset_root)
+    return str(file) if file.is_file() else None
 
 
 def start(values: dict) -> None:
@@ -250,6 +257,9 @@ if dataset is not None:
         st.markdown(f"Dataset **{markdown_literal(Path(dataset.root).name, 60)}**: {len(dataset.classes)} classes, "
                     f"{dataset.report.usable_images:,} images. Augmentation: "
                     f"{describe_spec(resolve_spec(current_augmentation()))} (change it on the Augment page).")
+        if dataset.unoverridden is not None:
+            st.caption("Your corrections from the Data page are used: the run records them (overrides.json in "
+                       "its folder). Undo them on the Data page to train on the folders as they are.")
         values = settings(dataset.root, device.get("accelerator", "cpu"))
         jobs.dispatch(workspace_dir())  # a slot freed by a trainer that died is handed on here
         busy_elsewhere = active is None and jobs.slot_busy(workspace_dir())

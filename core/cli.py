@@ -1,4 +1,4 @@
-"""Command line: train | evaluate | predict | inspect | status | export | bench.
+"""Command line: train | evaluate | predict | inspect | status | export | health | report | bench.
 
 JSON on stdout; on bad input a one-line `error: ...` on stderr and a non-zero exit.
 """
@@ -15,6 +15,7 @@ from core import StudioError
 
 EXIT_BAD_INPUT = 1
 EXIT_NOT_TRAINABLE = 2
+EXIT_NO_REPORT = 2  # report: no such run, nothing to report, or the file cannot be written
 
 
 def _print_json(data: Any) -> None:
@@ -189,6 +190,21 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The stakeholder report (core.report); bad input exits 2 with the run or file named, as the issue asks."""
+    from core.report import default_report_name, write_report
+    from core.runs import RunDir
+
+    try:
+        run = RunDir.open(args.run, args.models_dir)
+        out = write_report(run, Path(args.out) if args.out else Path(default_report_name(run)))
+    except StudioError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_NO_REPORT
+    print(out)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from core import bench
 
@@ -258,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--image-size", type=int, default=None, help="default: the backbone's recipe size")
     health.add_argument("--cache-dir", default=None, help="decoded images and features (default: training's cache)")
     health.set_defaults(func=cmd_health)
+    report = sub.add_parser("report", help="a stakeholder report: one self-contained HTML file (model card, data, "
+                            "curves, confusion matrix, mistakes with heatmaps, exports) that opens offline; prints "
+                            "its path")
+    report.add_argument("run", help="run folder or run id")
+    report.add_argument("--out", help="the HTML file to write, or a folder (default: report-<run id>.html here)")
+    report.set_defaults(func=cmd_report)
     bench = sub.add_parser("bench", help="measure: loader | train | recipe throughput, scale (memory, disk, "
                                          "time per phase by dataset size), stop (seconds to stop in each phase)")
     bench.add_argument("what", choices=["loader", "train", "recipe", "scale", "stop", "features", "health"])

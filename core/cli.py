@@ -49,6 +49,10 @@ TRAIN_FLAGS = {  # flag -> (config key, type)
 }
 
 
+OVERRIDES_HELP = ("the cleaning loop's corrections: auto (default: DATA.overrides.json beside the dataset folder "
+                  "when it exists), none (the folders as they are), or the path of an overrides file")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from core.config import TrainConfig, read_config_file
     from core.runs import RunDir, check_run_id
@@ -73,6 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         values["tta"] = True
     if args.no_tta:
         values["tta"] = False
+    if args.overrides is not None:
+        values["overrides"] = _overrides_setting(args.overrides)
     if isinstance(values.get("data"), str) and values["data"].lower().endswith(".zip"):
         values["data"] = str(_unpacked(values["data"]))
     config = TrainConfig.from_dict(values)
@@ -182,11 +188,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides_setting(text: str) -> str | None:
+    """--overrides: "auto" (the file beside the dataset, when there is one), "none", or a file's path."""
+    return None if text.lower() in ("none", "null", "off") else text
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     from core.health import health_report
 
-    _print_json(health_report(_unpacked(args.data),
-                              backbone=args.backbone, image_size=args.image_size, cache_dir=args.cache_dir))
+    _print_json(health_report(_unpacked(args.data), backbone=args.backbone, image_size=args.image_size,
+                              cache_dir=args.cache_dir, overrides=_overrides_setting(args.overrides)))
     return 0
 
 
@@ -229,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="mirrored test-time augmentation: each photo scored with its mirror, averaged (off by "
                        "default: about a point either way on the check sets, for ~11%% more run time)")
     train.add_argument("--no-tta", action="store_true", help="no mirrored test-time augmentation (the default)")
+    train.add_argument("--overrides", default=None, help=OVERRIDES_HELP)
     train.add_argument("--run-id", help="write into models/<run-id> (used by the app)")
     train.set_defaults(func=cmd_train)
 
@@ -273,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--backbone", default=None, help="default: the recipe's backbone")
     health.add_argument("--image-size", type=int, default=None, help="default: the backbone's recipe size")
     health.add_argument("--cache-dir", default=None, help="decoded images and features (default: training's cache)")
+    health.add_argument("--overrides", default="auto", help=OVERRIDES_HELP)
     health.set_defaults(func=cmd_health)
     report = sub.add_parser("report", help="a stakeholder report: one self-contained HTML file (model card, data, "
                             "curves, confusion matrix, mistakes with heatmaps, exports) that opens offline; prints "

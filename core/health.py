@@ -222,20 +222,30 @@ def odd_shapes(dataset: Dataset) -> list[dict[str, Any]]:
 
 def health_report(data: str | Path, backbone: str | None = None, image_size: int | None = None,
                   cache_dir: Path | str | None = None, seed: int = 0,
-                  on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """Everything above for the dataset at `data`, as JSON-ready data with paths relative to it."""
+                  on_progress: Callable[[str, int, int], None] | None = None,
+                  overrides: str | None = "auto") -> dict[str, Any]:
+    """Everything above for the dataset at `data`, as JSON-ready data with paths relative to it. The user's
+    corrections (core.overrides; `overrides` as TrainConfig.overrides) are applied first, as training will:
+    a relabelled photo is judged under its new class and an excluded one is left out."""
     from core import StudioError
     from core.backbones import DEFAULT_BACKBONE, get_backbone
     from core.imagecache import default_cache_dir
 
+    from core.overrides import apply_overrides, resolve_file
+
     started = time.perf_counter()
-    dataset = scan(data)
+    scanned = scan(data)
+    dataset, applied = apply_overrides(scanned, resolve_file(overrides, scanned.root))
     if not dataset.report.trainable:
         raise StudioError(" ".join(dataset.report.errors))
     backbone = backbone or DEFAULT_BACKBONE
     size = int(image_size or get_backbone(backbone).recipe_size)
-    features, layouts, seconds = pooled_features(dataset, backbone, size, Path(cache_dir or default_cache_dir()),
+    # Features of every scanned photo (the cached pass stays valid whatever is excluded), then the kept rows.
+    features, layouts, seconds = pooled_features(scanned, backbone, size, Path(cache_dir or default_cache_dir()),
                                                  on_progress)
+    row_of = {s.path: i for i, s in enumerate(scanned.samples)}
+    kept = np.asarray([row_of[s.path] for s in dataset.samples], np.int64)
+    features, layouts = features[kept], layouts[kept]
     labels = np.asarray([s.label for s in dataset.samples], np.int64)
     classes = dataset.classes
     fit_start = time.perf_counter()
@@ -250,7 +260,7 @@ def health_report(data: str | Path, backbone: str | None = None, image_size: int
     smallest, largest = min(counts.values()), max(counts.values())
     report = {
         "data": str(dataset.root), "backbone": backbone, "image_size": size, "photos": len(samples),
-        "classes": classes, "l2": l2,
+        "classes": classes, "l2": l2, "corrections": applied.count,
         "suspect_labels": [{"path": samples[row].path, "label": classes[labels[row]], "suggested": classes[suggested],
                             "score": round(score, 4),
                             "label_probability": round(float(probabilities[row, labels[row]]), 4),
@@ -291,7 +301,8 @@ def load_saved_report(data: str | Path, cache_dir: Path | str) -> dict[str, Any]
         return None
 
 
-def check_in_own_process(data: str | Path, cache_dir: Path | str, timeout: float = 3600) -> dict[str, Any]:
+def check_in_own_process(data: str | Path, cache_dir: Path | str, overrides: Path | str | None = None,
+                         timeout: float = 3600) -> dict[str, Any]:
     """Run `python -m core health` as its own process (TensorFlow never enters the app's server process, as for
     training), keep its report beside the cache, and return it. A failure becomes one StudioError line."""
     import json
@@ -302,8 +313,9 @@ def check_in_own_process(data: str | Path, cache_dir: Path | str, timeout: float
     from core.runs import write_json_atomic
 
     repo = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "-m", "core", "health", str(data), "--cache-dir", str(cache_dir)],
-                          capture_output=True, text=True, cwd=repo, timeout=timeout)
+    command = [sys.executable, "-m", "core", "health", str(data), "--cache-dir", str(cache_dir)]
+    command += ["--overrides", str(overrides)] if overrides else []
+    done = subprocess.run(command, capture_output=True, text=True, cwd=repo, timeout=timeout)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         raise StudioError(lines[-1] if lines else f"the health check ended with code {done.returncode}")

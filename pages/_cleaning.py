@@ -33,20 +33,21 @@ def correction_controls(root: Path, path: str, classes: list[str], key: str, sou
     if entry is not None:
         st.caption(("Relabelled " if entry.action == "relabel" else "Excluded: ")
                    + markdown_literal(entry.describe(), 60))
-        st.button("Undo", key=f"{tag}_undo", icon=":material/undo:", on_click=_undo, args=(root, path))
+        st.button("Undo", key=f"{tag}_undo", icon=":material/undo:", on_click=_undo, args=(root, path),
+                  width="stretch")
         return
-    left, right = st.columns(2)
+    # Stacked, full width: these sit under thumbnails in narrow columns, where side-by-side labels get cut.
     if suggested is not None:
-        left.button(f"Relabel as {markdown_literal(suggested, 24)}", key=f"{tag}_relabel", on_click=_relabel,
-                    args=(root, path, suggested, source), help="The photo is trained on under this class from the "
-                    "next run; its file stays where it is.")
+        st.button(f"Relabel as {markdown_literal(suggested, 24)}", key=f"{tag}_relabel", on_click=_relabel,
+                  args=(root, path, suggested, source), width="stretch", help="The photo is trained on under this "
+                  "class from the next run; its file stays where it is.")
     else:
-        with left.popover("Relabel", icon=":material/label:"):
+        with st.popover("Relabel", icon=":material/label:", width="stretch"):
             for index, name in enumerate(classes):
                 st.button(markdown_literal(name, 40), key=f"{tag}_to_{index}", on_click=_relabel,
                           args=(root, path, name, source))
-    right.button("Exclude", key=f"{tag}_exclude", on_click=_exclude, args=(root, path, source),
-                 help="Left out of training and evaluation from the next run; its file stays where it is.")
+    st.button("Exclude", key=f"{tag}_exclude", on_click=_exclude, args=(root, path, source), width="stretch",
+              help="Left out of training and evaluation from the next run; its file stays where it is.")
 
 
 def show_last_correction() -> None:

@@ -20,6 +20,7 @@ from pages._common import (current_dataset_path, current_workspace, ensure_app_s
 from pages._folder_upload import folder_picker, forget
 
 CORRECTIONS_SHOWN = 24  # photos with an Undo each; the table under them lists every correction
+GROUPS_SHOWN = 8  # near-duplicate groups shown with their photos and corrections
 SUSPECTS_SHOWN = 12  # suspect photos with one-click corrections per page of the health list
 ACCOUNT_KEY = "folder_upload_account"  # (dataset folder, UploadAccount) of the last folder upload
 FOLDER_ERROR_KEY = "folder_upload_error"  # why the last folder archive was refused, shown after the rerun
@@ -182,7 +183,7 @@ def corrections_section(dataset, applied) -> None:
         return
     entries = applied.relabelled + applied.excluded
     with st.expander(f"Your corrections ({len(applied.relabelled)} relabelled, {len(applied.excluded)} excluded)",
-                     expanded=True):
+                     expanded=True, key="corrections_open"):
         st.caption("Kept in a corrections file beside the dataset; the photos stay where they are. The next run "
                    "trains with them and records them (overrides.json in its folder).")
         for start in range(0, min(len(entries), CORRECTIONS_SHOWN), 6):
@@ -234,7 +235,8 @@ def health_section(dataset) -> None:
                  "are reused by training): likely wrong labels, near-duplicates and train/test leaks, outliers."):
         with st.spinner(f"Checking {dataset.report.usable_images:,} photos: decoding, features, 5-fold fits…"):
             try:
-                check_in_own_process(dataset.root, cache)
+                corrections = overrides_file(dataset.root)
+                check_in_own_process(dataset.root, cache, corrections if corrections.is_file() else None)
             except StudioError as err:
                 show_error(err)
                 return
@@ -253,13 +255,16 @@ def health_section(dataset) -> None:
                f"{saved['imbalance']['largest_over_smallest']:g}.")
     root = dataset.root
     if saved["suspect_labels"]:
-        with st.expander(f"Suspect labels ({len(saved['suspect_labels'])}), most suspect first"):
+        # Keyed: a correction adds lines above, and an unkeyed expander would be redrawn closed under the pointer.
+        with st.expander(f"Suspect labels ({len(saved['suspect_labels'])}), most suspect first",
+                         key="health_suspects_open"):
             suspects_with_controls(saved["suspect_labels"], dataset)
             st.dataframe(cells([{k: s[k] for k in ("path", "label", "suggested", "score", "confident")}
                                 for s in saved["suspect_labels"]], root), width="stretch", hide_index=True)
     if saved["near_duplicates"]:
         with st.expander(f"Near-duplicates ({len(saved['near_duplicates'])} groups, {len(saved['leaks'])} across "
-                         "splits)"):
+                         "splits)", key="health_duplicates_open"):
+            groups_with_controls(saved["near_duplicates"], dataset)
             st.dataframe(cells([{"files": ", ".join(g["paths"]), "splits": ", ".join(g["splits"]),
                                  "similarity": g["similarity"]} for g in saved["near_duplicates"]], root),
                          width="stretch", hide_index=True)
@@ -285,6 +290,24 @@ def suspects_with_controls(suspects: list[dict], dataset) -> None:
                 correction_controls(dataset.root, suspect["path"], dataset.classes, key="suspect", source="health",
                                     suggested=suspect["suggested"] if suspect["suggested"] in dataset.classes
                                     else None)
+
+
+def groups_with_controls(groups: list[dict], dataset) -> None:
+    """The first near-duplicate groups, leaks first, each photo with Exclude (keep one copy) or Relabel."""
+    ordered = sorted(groups, key=lambda g: len(g["splits"]) == 1)  # across splits (leaks) first
+    for number, group in enumerate(ordered[:GROUPS_SHOWN]):
+        where = "across " + " and ".join(group["splits"]) if len(group["splits"]) > 1 else f"in {group['splits'][0]}"
+        st.caption(f"Group {number + 1}, {where}, similarity {group['similarity']:.2f}")
+        cols = st.columns(6)
+        for col, path in zip(cols, group["paths"][:6]):
+            with col:
+                picture = thumb(str(dataset.root / path))
+                if picture is not None:
+                    st.image(picture, width=96)
+                st.caption(markdown_literal(shorten(path, 40)))
+                correction_controls(dataset.root, path, dataset.classes, key=f"group{number}", source="health")
+    if len(groups) > GROUPS_SHOWN:
+        st.caption(f"{GROUPS_SHOWN} of {len(groups)} groups shown with their photos; the table lists them all.")
 
 
 def split_table(dataset) -> None:

@@ -154,5 +154,31 @@ def test_the_data_page_checks_health_in_chromium(tmp_path):
         expect(page.get_by_text("→").first).to_be_visible()
         expect(page.get_by_role("button", name="Check again")).to_be_visible()
         snapshot(page, "data-health")
+        # The cleaning loop: one click relabels a suspect as its suggested class, another excludes one, Undo
+        # takes one back; the sample is shared, so the corrections live in this workspace, not beside it.
+        page.get_by_role("button", name="Relabel as").first.click()
+        expect(page.get_by_text("Your corrections (1 relabelled, 0 excluded)")).to_be_visible()
+        page.get_by_role("button", name="Exclude").first.click()
+        expect(page.get_by_text("Your corrections (1 relabelled, 1 excluded)")).to_be_visible()
+        [file] = list(workspace.rglob("*.overrides.json"))
+        entries = json.loads(file.read_text())["overrides"]
+        assert sorted(e["action"] for e in entries) == ["exclude", "relabel"]
+        assert {e["source"] for e in entries} == {"health"}
+        assert not list(flowers_mini().parent.glob("*.overrides.json"))
+        relabelled = next(e for e in entries if e["action"] == "relabel")
+        # Undo the relabel from the corrections section (its first photo is the first correction made)
+        page.get_by_role("button", name="Undo").first.click()
+        expect(page.get_by_text("Your corrections (0 relabelled, 1 excluded)")).to_be_visible()
+        assert [e["action"] for e in json.loads(file.read_text())["overrides"]] == ["exclude"]
+        assert relabelled["path"] not in file.read_text()
+        snapshot(page, "data-corrections")
+        # The next run trains with them: Train says so, and the run's config names the file.
+        page.get_by_role("link", name="Go to Train").click()
+        expect(page.get_by_text("Your corrections from the Data page are used")).to_be_visible()
+        page.get_by_role("button", name="Start training").click()
+        expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=60_000)
+        [config] = list(workspace.rglob("runs/*/config.json"))
+        assert json.loads(config.read_text())["overrides"] == str(file)
+        page.get_by_role("button", name="Stop").click()
         assert "Traceback" not in page.content()
         browser.close()

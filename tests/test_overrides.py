@@ -157,3 +157,31 @@ def test_a_run_trains_with_the_corrections_and_records_them(dataset_dir: Path, t
     # Undoing afterwards leaves the run's record as it trained.
     ov.undo(file, daisy[0], dataset.root)
     assert run.read_overrides_used()["count"] == 2
+
+
+def test_cli_train_and_health_take_the_overrides_flag(dataset_dir: Path, tmp_path: Path) -> None:
+    """--overrides none trains on the folders as they are; health judges a relabelled photo under its new class
+    and leaves an excluded one out (both from the feature pass it cached the first time)."""
+    import json as _json
+
+    from conftest import run_cli
+
+    dataset = scan(dataset_dir)
+    file = tmp_path / "elsewhere.overrides.json"
+    daisy = [s.path for s in dataset.samples if dataset.classes[s.label] == "daisy"]
+    ov.relabel(file, dataset, daisy[0], "roses")
+    ov.exclude(file, dataset, daisy[1])
+    cache = tmp_path / "cache"
+    common = ["health", str(dataset_dir), "--image-size", "64", "--cache-dir", str(cache)]
+    plain = run_cli(*common, "--overrides", "none")
+    assert plain.returncode == 0, plain.stderr
+    corrected = run_cli(*common, "--overrides", str(file))
+    assert corrected.returncode == 0, corrected.stderr
+    plain, corrected = _json.loads(plain.stdout), _json.loads(corrected.stdout)
+    assert plain["photos"] == len(dataset.samples) and plain["corrections"] == 0
+    assert corrected["photos"] == len(dataset.samples) - 1 and corrected["corrections"] == 2
+    assert corrected["class_counts"]["roses"] == plain["class_counts"]["roses"] + 1
+    assert corrected["seconds"].get("features", 0) == 0  # the first check's features were reused
+    missing = run_cli("train", "--data", str(dataset_dir), "--overrides", str(tmp_path / "typo.json"),
+                      env={"STUDIO_MODELS_DIR": str(tmp_path / "models")})
+    assert missing.returncode != 0 and "typo.json: no such overrides file" in missing.stderr

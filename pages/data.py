@@ -13,6 +13,7 @@ from core.ingest import ingest_zip, list_datasets, upload_limits
 from core.previews import examples_per_class, thumbnail
 from core.safetext import csv_cell, markdown_literal, shorten
 from core.upload_manifest import UploadAccount, account_upload, ingest_folder_archive
+from pages._camera import camera_section, camera_tab
 from pages._cleaning import correction_controls, show_last_correction
 from pages._common import (current_dataset_path, current_workspace, ensure_app_shell, literal_names, load_dataset,
                            load_dataset_and_corrections, load_dataset_plain, overrides_file, require_train_profile,
@@ -164,6 +165,7 @@ def report_section(path) -> None:
         st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
     for message in report.warnings:
         st.warning(literal_names(message, report.classes, [dataset.root]))
+    camera_section(dataset.root)  # only for this workspace's own datasets (never the shared sample)
     if report.classes:
         left, right = st.columns([3, 2])
         left.plotly_chart(charts.class_counts_figure(report.counts), key="counts_chart")
@@ -407,7 +409,7 @@ st.title("Data")
 require_train_profile("Preparing data for training")
 st.markdown("Start here: use the sample flowers, or upload a folder with **one sub-folder of images per class** "
             "(optionally inside `train/` and `val/`). Then press **Start** on the Train page.")
-tabs = st.tabs(["Sample datasets", "Upload a folder", "Upload a .zip", "Earlier uploads"])
+tabs = st.tabs(["Sample datasets", "Upload a folder", "Upload a .zip", "Camera", "Earlier uploads"])
 with tabs[0]:
     sample_tab()
 with tabs[1]:
@@ -415,6 +417,8 @@ with tabs[1]:
 with tabs[2]:
     zip_tab()
 with tabs[3]:
+    camera_tab()
+with tabs[4]:
     earlier_tab()
 
 current = current_dataset_path()

@@ -30,9 +30,14 @@ from core.datasets import Dataset, scan
 # thumbnails correlating >= SAME_LAYOUT. Measured on flowers-mini with 20 planted copies (resized 0.6-0.9x,
 # cropped 5-8%, JPEG quality 60-80; tests/test_health.py): every copy found, no other pair of its 400 photos flagged;
 # the lowest copy scored 0.74 / 0.92.
+# A third test, the same colours (hue-saturation histograms intersecting >= SAME_COLOURS), since generated scenes of
+# flat backgrounds pass the first two: on the shapes check set all 15 pairs flagged by them were distinct photos,
+# their histograms intersecting 0.00-0.40, while the 20 planted copies scored 0.82-0.94 (docs/benchmarks.md).
 SIMILAR = 0.6
 SAME_LAYOUT = 0.9
+SAME_COLOURS = 0.6
 THUMB_SIDE = 8
+HUE_BINS, SATURATION_BINS = 16, 8
 TINY_SIDE = 64
 EXTREME_ASPECT = 4.0
 OUTLIER_Z = 4.0
@@ -49,8 +54,9 @@ def feature_model(backbone: str, image_size: int):
 
 def pooled_features(dataset: Dataset, backbone: str, image_size: int, cache_dir: Path,
                     on_progress: Callable[[str, int, int], None] | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Features of every photo of `dataset` (N, D), their thumbnails (core.health.thumbnails) and the seconds spent
+                    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict[str, float]]:
+    """Features of every photo of `dataset` (N, D), their layouts and colours (core.health.thumbnails) and the
+    seconds spent
     decoding and computing them. Features are cached in
     `cache_dir` by the decoded images' key and the backbone, so a second health check costs no feature pass."""
     from core.imagecache import cache_key, open_or_build
@@ -66,12 +72,12 @@ def pooled_features(dataset: Dataset, backbone: str, image_size: int, cache_dir:
                               progress=(lambda done, total: on_progress("decode", done, total)) if on_progress else None)
     seconds["decode"] = time.perf_counter() - start
     start = time.perf_counter()
-    layouts = thumbnails(images)
+    layouts, colours = thumbnails(images)
     seconds["thumbnails"] = time.perf_counter() - start
     if stored.is_file():
         features = np.load(stored, allow_pickle=False)
         if features.shape[0] == len(paths):
-            return features, layouts, seconds
+            return features, (layouts, colours), seconds
     start = time.perf_counter()
     model = feature_model(backbone, image_size)
     features = predict_in_batches(model, images, 8, on_batch=(lambda done: on_progress("features", done, len(paths)))
@@ -81,7 +87,7 @@ def pooled_features(dataset: Dataset, backbone: str, image_size: int, cache_dir:
     partial = stored.with_suffix(".partial.npy")
     np.save(partial, features)
     partial.replace(stored)
-    return features, layouts, seconds
+    return features, (layouts, colours), seconds
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0,
@@ -123,28 +129,34 @@ def suspect_labels(probabilities: np.ndarray, labels: np.ndarray) -> list[tuple[
     return sorted(confident_rows, key=lambda item: -item[2]) + sorted(other_rows, key=lambda item: -item[2])
 
 
-def thumbnails(images, side: int = THUMB_SIDE, chunk: int = 256) -> np.ndarray:
-    """Blurred grey side x side thumbnails of decoded images, zero-mean and unit-length (N, side*side): the photo's
-    layout of light and dark, which a resize, a recompression or a few percent of crop barely move."""
+def thumbnails(images, side: int = THUMB_SIDE, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Two looks at each decoded image that a resize, a recompression or a few percent of crop barely move:
+    its layout of light and dark (blurred grey side x side thumbnail, zero-mean and unit-length, (N, side*side))
+    and its colours wherever they are (hue-saturation histogram summing to 1, (N, HUE_BINS*SATURATION_BINS))."""
     import cv2
 
     from core.loader import take_rows
 
-    out = np.empty((len(images), side * side), np.float32)
+    layouts = np.empty((len(images), side * side), np.float32)
+    colours = np.empty((len(images), HUE_BINS * SATURATION_BINS), np.float32)
     for start in range(0, len(images), chunk):
         batch = take_rows(images, np.arange(start, min(start + chunk, len(images))))
         for offset, image in enumerate(batch):
             grey = cv2.GaussianBlur(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 3)
             small = cv2.resize(grey, (side, side), interpolation=cv2.INTER_AREA).ravel()
             small -= small.mean()
-            out[start + offset] = small / (np.linalg.norm(small) + 1e-6)
-    return out
+            layouts[start + offset] = small / (np.linalg.norm(small) + 1e-6)
+            histogram = cv2.calcHist([cv2.cvtColor(image, cv2.COLOR_RGB2HSV)], [0, 1], None,
+                                     [HUE_BINS, SATURATION_BINS], [0, 180, 0, 256]).ravel()
+            colours[start + offset] = histogram / max(float(histogram.sum()), 1.0)
+    return layouts, colours
 
 
-def near_duplicate_groups(features: np.ndarray, layouts: np.ndarray, block: int = 1024
+def near_duplicate_groups(features: np.ndarray, layouts: np.ndarray, colours: np.ndarray, block: int = 1024
                           ) -> list[tuple[list[int], float]]:
-    """Pairs of photos that are each other's nearest neighbour in pooled features (centred cosine >= SIMILAR) and
-    whose thumbnails correlate >= SAME_LAYOUT, linked into groups; each group with its highest feature similarity.
+    """Pairs of photos that are each other's nearest neighbour in pooled features (centred cosine >= SIMILAR),
+    whose thumbnails correlate >= SAME_LAYOUT and whose colour histograms intersect >= SAME_COLOURS, linked into
+    groups; each group with its highest feature similarity.
 
     Why two tests: pooled features alone rank a copy's original first but cannot tell a copy from two photos of the
     same flower at one threshold (measured on flowers-mini with 20 planted copies: altered copies 0.74-0.95, the
@@ -173,7 +185,8 @@ def near_duplicate_groups(features: np.ndarray, layouts: np.ndarray, block: int 
     for a in range(count):
         b = int(nearest[a])
         if a < b and nearest[b] == a and nearest_similarity[a] >= SIMILAR \
-                and float(layouts[a] @ layouts[b]) >= SAME_LAYOUT:
+                and float(layouts[a] @ layouts[b]) >= SAME_LAYOUT \
+                and float(np.minimum(colours[a], colours[b]).sum()) >= SAME_COLOURS:
             pairs.append((a, b, float(nearest_similarity[a])))
             parent[root(b)] = root(a)
     for a, _, value in pairs:
@@ -241,11 +254,11 @@ def health_report(data: str | Path, backbone: str | None = None, image_size: int
     backbone = backbone or DEFAULT_BACKBONE
     size = int(image_size or get_backbone(backbone).recipe_size)
     # Features of every scanned photo (the cached pass stays valid whatever is excluded), then the kept rows.
-    features, layouts, seconds = pooled_features(scanned, backbone, size, Path(cache_dir or default_cache_dir()),
+    features, (layouts, colours), seconds = pooled_features(scanned, backbone, size, Path(cache_dir or default_cache_dir()),
                                                  on_progress)
     row_of = {s.path: i for i, s in enumerate(scanned.samples)}
     kept = np.asarray([row_of[s.path] for s in dataset.samples], np.int64)
-    features, layouts = features[kept], layouts[kept]
+    features, layouts, colours = features[kept], layouts[kept], colours[kept]
     labels = np.asarray([s.label for s in dataset.samples], np.int64)
     classes = dataset.classes
     fit_start = time.perf_counter()
@@ -254,7 +267,7 @@ def health_report(data: str | Path, backbone: str | None = None, image_size: int
     samples = dataset.samples
     split_of = [s.split or "train" for s in samples]
     similar_start = time.perf_counter()
-    groups = near_duplicate_groups(features, layouts)
+    groups = near_duplicate_groups(features, layouts, colours)
     seconds["near_duplicates"] = time.perf_counter() - similar_start
     counts = {name: int((labels == i).sum()) for i, name in enumerate(classes)}
     smallest, largest = min(counts.values()), max(counts.values())

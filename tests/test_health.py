@@ -182,3 +182,29 @@ def test_the_data_page_checks_health_in_chromium(tmp_path):
         page.get_by_role("button", name="Stop").click()
         assert "Traceback" not in page.content()
         browser.close()
+
+
+def test_same_layout_in_other_colours_is_not_a_near_duplicate(flowers_dir):
+    """The colour test (SAME_COLOURS): generated flat scenes share features and an 8x8 layout without being copies
+    (the shapes check set flagged 15 such pairs before it); a resized, recompressed copy keeps its colours."""
+    from core.health import SAME_COLOURS, near_duplicate_groups, thumbnails
+
+    photo = cv2.cvtColor(cv2.imread(str(sorted((flowers_dir / "train" / "roses").glob("*.jpg"))[0])),
+                         cv2.COLOR_BGR2RGB)
+    photo = cv2.resize(photo, (160, 160))
+    small = cv2.resize(photo, (112, 112), interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 60])
+    copy = cv2.resize(cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), (160, 160))
+    hsv = cv2.cvtColor(photo, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = (hsv[..., 0].astype(np.int32) + 60) % 180  # the same scene, every hue turned a third of the way
+    recoloured = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    layouts, colours = thumbnails(np.stack([photo, copy, recoloured]))
+    assert np.minimum(colours[0], colours[1]).sum() >= SAME_COLOURS
+    assert np.minimum(colours[0], colours[2]).sum() < SAME_COLOURS
+    # Features and layouts alone would pair the recoloured scene with the photo; colours say no.
+    features = np.asarray([[1.0, 0.0, 0.2], [0.0, 1.0, 0.2], [0.02, 1.0, 0.2], [1.0, 0.01, 0.2]], np.float32)
+    same_layout = np.repeat(layouts[:1], 4, axis=0)
+    pairs = near_duplicate_groups(features, same_layout, colours[[0, 0, 0, 0]])
+    assert sorted(sorted(m) for m, _ in pairs) == [[0, 3], [1, 2]]
+    pairs = near_duplicate_groups(features, same_layout, colours[[0, 2, 0, 0]])
+    assert sorted(sorted(m) for m, _ in pairs) == [[0, 3]]

@@ -132,24 +132,83 @@ def _mark_phases(fig: go.Figure, epochs: Sequence[dict[str, Any]]) -> None:
                       annotation_text=phase.replace("finetune", "fine-tune"), annotation_position="top left")
 
 
-def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], normalised: bool) -> go.Figure:
-    """The confusion matrix as a heatmap (rows true, columns predicted), counts or row-normalised."""
+CELL_TRACE = 1  # the confusion figure's trace whose points are its cells (the heatmap itself is trace 0)
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], normalised: bool,
+                     selected: tuple[int, int] | None = None) -> go.Figure:
+    """The confusion matrix as a heatmap (rows true, columns predicted), counts or row-normalised.
+
+    Each cell also has a clear marker at its centre (trace CELL_TRACE, point index row * n + column): Plotly
+    reports no clicked point for a heatmap (plotly.js#7685, streamlit#8760), so a click on a cell selects its
+    marker. The marker carries the hover text; `selected` (row, column) is outlined."""
     counts = np.asarray(matrix, dtype=np.int64)
     values = normalise_rows(counts) if normalised else counts
     text = [[f"{v:.0%}" if normalised else str(int(v)) for v in row] for row in values]
-    positions = list(range(len(classes)))
-    names = [label_text(c, None if len(classes) <= HOVER_NAMES_UP_TO else 60) for c in classes]
+    n = len(classes)
+    positions = list(range(n))
+    names = [label_text(c, None if n <= HOVER_NAMES_UP_TO else 60) for c in classes]
     fig = go.Figure(go.Heatmap(z=values, x=positions, y=positions, text=text, texttemplate="%{text}",
                                customdata=[[[true, predicted] for predicted in names] for true in names],
-                               colorscale="Blues", zmin=0, zmax=1 if normalised else None,
-                               hovertemplate="true %{customdata[0]}<br>predicted %{customdata[1]}<br>%{text}"
-                                             "<extra></extra>"))
+                               colorscale="Blues", zmin=0, zmax=1 if normalised else None, hoverinfo="skip"))
+    size = max(8, min(60, 600 // max(n, 1)))  # a marker about as large as the cell: the whole cell is clickable
+    fig.add_scatter(x=[j for _ in positions for j in positions], y=[i for i in positions for _ in positions],
+                    mode="markers", showlegend=False,
+                    marker=dict(symbol="square", size=size, color="rgba(0,0,0,0)",
+                                line=dict(width=0, color="rgba(0,0,0,0)")),
+                    customdata=[[names[i], names[j], text[i][j], int(counts[i, j])]
+                                for i in positions for j in positions],
+                    hovertemplate="true %{customdata[0]}<br>predicted %{customdata[1]}<br>%{customdata[2]}"
+                                  "<extra>click for the photos</extra>")
+    if selected is not None:
+        row, column = selected
+        fig.add_shape(type="rect", x0=column - 0.5, x1=column + 0.5, y0=row - 0.5, y1=row + 0.5,
+                      line=dict(color=VAL_COLOUR, width=3))
     fig.update_layout(title="Confusion matrix" + (" (share of each true class)" if normalised else " (counts)"),
-                      xaxis_title="predicted", yaxis_title="true", height=max(320, 60 * len(classes) + 120),
-                      margin=dict(l=10, r=10, t=40, b=10))
+                      xaxis_title="predicted", yaxis_title="true", height=max(320, 60 * n + 120),
+                      margin=dict(l=10, r=10, t=40, b=10), hovermode="closest", clickmode="event+select")
     _category_axis(fig, "x", classes)
     _category_axis(fig, "y", classes)
-    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(fixedrange=True, showgrid=False, zeroline=False)  # a click selects; dragging moves nothing
+    fig.update_yaxes(autorange="reversed", fixedrange=True, showgrid=False, zeroline=False)
+    return fig
+
+
+def clicked_cell(points: Sequence[dict[str, Any]], num_classes: int) -> tuple[int, int] | None:
+    """The (row, column) of the cell a click on confusion_figure selected, from Streamlit's selection points."""
+    for point in points:
+        index = point.get("point_index", point.get("point_number"))
+        if point.get("curve_number") == CELL_TRACE and isinstance(index, int) and 0 <= index < num_classes ** 2:
+            return divmod(index, num_classes)
+    return None
+
+
+def reliability_figure(reliability: dict[str, Any], ece: float | None = None) -> go.Figure:
+    """Accuracy against confidence per equal-width bin, beside the diagonal of a perfectly calibrated model."""
+    counts = reliability["counts"]
+    bins = len(counts)
+    width = 1.0 / bins
+    centres = [(b + 0.5) * width for b in range(bins)]
+    accuracy = reliability["accuracy"]
+    confidence = reliability["confidence"]
+    fig = go.Figure()
+    fig.add_bar(x=centres, y=[a if a is not None else 0 for a in accuracy], width=width * 0.95, name="accuracy",
+                marker_color=TRAIN_COLOUR, customdata=[[n, c if c is not None else 0] for n, c in
+                                                       zip(counts, confidence)],
+                hovertemplate="confidence %{x:.0%} ± " + f"{width / 2:.1%}" + "<br>right %{y:.0%} of "
+                              "%{customdata[0]} photos<br>mean confidence %{customdata[1]:.0%}<extra></extra>")
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
+                    line=dict(color="grey", dash="dash"), hoverinfo="skip")
+    # The gap between a bar's top and its marker is what ECE averages (weighted by the bin's photos).
+    fig.add_scatter(x=[x for x, c in zip(centres, confidence) if c is not None],
+                    y=[c for c in confidence if c is not None], mode="markers", name="mean confidence",
+                    marker=dict(color=VAL_COLOUR, size=8, symbol="line-ew-open", line=dict(width=3)),
+                    hoverinfo="skip")
+    title = "Reliability" + (f" (ECE {ece:.1%})" if ece is not None else "")
+    fig.update_layout(title=title, xaxis_title="confidence of the predicted class", yaxis_title="accuracy",
+                      bargap=0, **_LAYOUT)
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     return fig
 
 

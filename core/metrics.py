@@ -99,6 +99,108 @@ def choose_k(num_classes: int) -> int:
     return max(1, min(5, num_classes // 2))
 
 
+def macro_f1(per_class: Sequence[Mapping[str, Any]]) -> float | None:
+    """Mean F1 over the classes present in the evaluated photos (support > 0).
+
+    A class with no photo in a test set (an uploaded one may hold a few of the run's classes) has no recall to
+    speak of, so it is left out rather than counted as 0; None when no class has a photo."""
+    scores = [row["f1"] for row in per_class if row.get("support", 0) > 0]
+    return float(np.mean(scores)) if scores else None
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. 2017 ("On calibration of modern neural networks")
+
+
+def bin_index(confidence: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """The bin of each confidence: bin b holds (b/bins, (b+1)/bins], and a confidence of 0 falls in bin 0."""
+    inner = np.linspace(0.0, 1.0, bins + 1)[1:-1]
+    return np.searchsorted(inner, np.asarray(confidence, np.float64), side="left")
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:
+    """Photos, mean confidence and accuracy per equal-width confidence bin (None where a bin is empty)."""
+    confidence = np.asarray(confidence, np.float64)
+    correct = np.asarray(correct, np.float64)
+    index = bin_index(confidence, bins)
+    counts = np.bincount(index, minlength=bins)
+    confidence_sum = np.bincount(index, weights=confidence, minlength=bins)
+    correct_sum = np.bincount(index, weights=correct, minlength=bins)
+    return {"bins": bins, "counts": counts.tolist(),
+            "confidence": [float(s / n) if n else None for s, n in zip(confidence_sum, counts)],
+            "accuracy": [float(s / n) if n else None for s, n in zip(correct_sum, counts)]}
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE: the gap between accuracy and mean confidence in each bin, weighted by the bin's share of photos."""
+    table = reliability_bins(confidence, correct, bins)
+    total = sum(table["counts"])
+    if not total:
+        return 0.0
+    return float(sum(n / total * abs(acc - conf) for n, acc, conf in
+                     zip(table["counts"], table["accuracy"], table["confidence"]) if n))
+
+
+# ------------------------------------------------------------------------------------------------ photos per cell
+PREDICTION_DECIMALS = 5  # confidences kept per photo: enough to sort and show, a third of a full float's text
+
+
+def prediction_table(probs: np.ndarray, labels: np.ndarray, paths: Sequence[str]) -> dict[str, list]:
+    """Every scored photo's true and predicted class (indices into `classes`) and confidence, column by column
+    (compact in JSON), so any confusion-matrix cell can list its photos."""
+    predicted = probs.argmax(axis=1)
+    confidence = probs[np.arange(len(labels)), predicted] if len(labels) else np.zeros(0)
+    return {"paths": [str(p) for p in paths], "true": [int(v) for v in labels],
+            "predicted": [int(v) for v in predicted],
+            "confidence": [round(float(v), PREDICTION_DECIMALS) for v in confidence]}
+
+
+def cell_photos(evaluation: Mapping[str, Any], true: int, predicted: int) -> list[dict[str, Any]] | None:
+    """The photos of one confusion-matrix cell (row `true`, column `predicted`), or None when the report keeps no
+    per-photo predictions (written before they existed).
+
+    Mistakes come most confident first (the worst first, as in the mistakes gallery); correct photos (a diagonal
+    cell) least confident first: the ones nearest to being wrong are the ones worth a look."""
+    table = evaluation.get("predictions")
+    if not table:
+        return None
+    classes = evaluation["classes"]
+    rows = [{"path": path, "true": classes[t], "predicted": classes[p], "confidence": c}
+            for path, t, p, c in zip(table["paths"], table["true"], table["predicted"], table["confidence"])
+            if t == true and p == predicted]
+    rows.sort(key=lambda r: r["confidence"], reverse=true != predicted)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ "unknown"
+UNKNOWN_KEEP = 0.95  # share of the correct held-out predictions the "unknown" threshold keeps
+
+
+def unknown_threshold(confidence: np.ndarray, correct: np.ndarray, keep: float = UNKNOWN_KEEP
+                      ) -> dict[str, Any] | None:
+    """The confidence below which Classify says "unknown", chosen on held-out predictions: the highest threshold
+    that still keeps `keep` of the correct ones (None when none was correct).
+
+    Why this rule: its cost is fixed and plain (1 in 20 right answers becomes "unknown"), it gives a threshold for
+    every model, and what it buys is measured on the same photos (`flagged_wrong`: the share of wrong answers
+    turned into "unknown"). A target accuracy for the accepted photos would give no threshold at all to a model
+    already above the target, and reject nearly everything for one far below it."""
+    confidence = np.asarray(confidence, np.float64)
+    correct = np.asarray(correct, bool)
+    right = np.sort(confidence[correct])
+    if not len(right):
+        return None
+    dropped = int(np.floor(round((1.0 - keep) * len(right), 9)))  # at most this many right answers below it
+    threshold = float(right[dropped])
+    accepted = confidence >= threshold
+    wrong = ~correct
+    return {"threshold": threshold, "keep": keep, "photos": int(len(confidence)), "correct": int(len(right)),
+            "kept_correct": float(accepted[correct].mean()),
+            "flagged_wrong": float((~accepted[wrong]).mean()) if wrong.any() else None,
+            "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
+            "held_out_accuracy": float(correct.mean())}
+
+
 def evaluation_report(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], paths: Sequence[str],
                       split: str) -> dict[str, Any]:
     """Everything evaluation.json holds."""
@@ -106,18 +208,25 @@ def evaluation_report(probs: np.ndarray, labels: np.ndarray, classes: Sequence[s
     predicted = probs.argmax(axis=1)
     matrix = confusion_matrix(labels, predicted, len(classes))
     k = choose_k(len(classes))
+    per_class = per_class_scores(matrix, classes)
+    confidence = probs.max(axis=1) if len(labels) else np.zeros(0)
+    correct = predicted == labels
     return {
         "split": split,
         "images": int(len(labels)),
         "classes": list(classes),
-        "accuracy": float(np.mean(predicted == labels)) if len(labels) else 0.0,
+        "accuracy": float(np.mean(correct)) if len(labels) else 0.0,
         "top_k": k,
         "top_k_accuracy": top_k_accuracy(probs, labels, k),
         "macro_auc": macro_auc(probs, labels),
+        "macro_f1": macro_f1(per_class),
+        "ece": expected_calibration_error(confidence, correct),
+        "reliability": reliability_bins(confidence, correct),
         "confusion_matrix": matrix.tolist(),
-        "per_class": per_class_scores(matrix, classes),
+        "per_class": per_class,
         "most_confused": most_confused(matrix, classes),
         "mistakes": worst_mistakes(probs, labels, classes, paths),
         # `mistakes` is capped, so the page can say "24 of 52" rather than pass the cap off as the total.
         "mistakes_total": error_count(matrix),
+        "predictions": prediction_table(probs, labels, paths),
     }

@@ -12,7 +12,7 @@ import numpy as np
 
 from core.images import (THUMBNAIL_SIDE, ImageError, ModelPhoto, OverBudgetError, decode_for_model_and_thumbnail,
                          load_for_model, resize_for_model)
-from core.runs import RunDir
+from core.runs import RunDamaged, RunDir
 from core.safetext import csv_cell, plain
 
 # One visitor's batch of photos must not take a hosted server down (issue 14). Each photo kept costs only its model
@@ -33,6 +33,10 @@ class Classifier:
         self.classes = run.read_classes()
         self.image_size = run_image_size(run)
         self.tta = bool(run.read_config().get("tta", False))
+        try:  # the "unknown" threshold, when the run chose one; a damaged file only loses the threshold
+            self.calibration = run.read_calibration()
+        except RunDamaged:
+            self.calibration = None
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         from core.model import predict_probabilities
@@ -59,6 +63,11 @@ class Classifier:
                 results[i]["top_k"] = top_k_list(row, self.classes, top_k)
                 results[i]["predicted"] = results[i]["top_k"][0]["class"]
                 results[i]["confidence"] = results[i]["top_k"][0]["probability"]
+                # The best guess stays in "predicted"; this flag says to doubt it. (A demo bundle's classifier,
+                # core.bundle.BundleClassifier, shares this method and carries no threshold.)
+                calibration = getattr(self, "calibration", None)
+                if calibration is not None:
+                    results[i]["unknown"] = is_unknown(results[i]["top_k"], calibration["threshold"])
         return results
 
 
@@ -147,11 +156,27 @@ def _reason(err: ImageError, name: str) -> str:
 
 # ----------------------------------------------------------------------------------------------- the results
 RESULT_COLUMNS = ("file", "predicted", "confidence", "top_k")
+UNKNOWN = "unknown"
+HELD_OUT_WORDS = {"validation": "validation photos", "out_of_fold": "held-out training photos"}
 
 
-def result_rows(names: Sequence[str], results: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per photo: predicted class, confidence and the top-k as text."""
-    return [{"file": name, "predicted": top[0]["class"], "confidence": round(top[0]["probability"], 4),
+def unknown_reason(calibration: dict[str, Any]) -> str:
+    """Why a photo reads "unknown", in words: 'below the 62% confidence threshold chosen on validation photos'."""
+    where = HELD_OUT_WORDS.get(calibration.get("source"), "held-out photos")
+    return f"below the {calibration['threshold']:.0%} confidence threshold chosen on {where}"
+
+
+def is_unknown(top: Sequence[dict[str, Any]], threshold: float | None) -> bool:
+    """Whether a photo's best guess is below the "unknown" threshold (never, without a threshold)."""
+    return threshold is not None and bool(top) and top[0]["probability"] < threshold
+
+
+def result_rows(names: Sequence[str], results: Sequence[Sequence[dict[str, Any]]],
+                threshold: float | None = None) -> list[dict[str, Any]]:
+    """One row per photo: predicted class ("unknown" below `threshold`), the best guess's confidence and the top-k
+    as text (which still names the best guess of an unknown photo)."""
+    return [{"file": name, "predicted": UNKNOWN if is_unknown(top, threshold) else top[0]["class"],
+             "confidence": round(top[0]["probability"], 4),
              "top_k": "; ".join(f"{t['class']} {t['probability']:.3f}" for t in top)}
             for name, top in zip(names, results)]
 

@@ -28,6 +28,8 @@ SPLIT = "split.json"
 MODEL = "model.keras"
 EVALUATION = "evaluation.json"
 OVERRIDES = "overrides.json"  # the cleaning loop's corrections a run trained with (core.overrides.summary)
+CALIBRATION = "calibration.json"  # the "unknown" threshold for Classify, chosen on held-out photos (core.evaluate)
+EVALUATIONS = "evaluations"  # named evaluations on other labelled folders: evaluations/<name>.json
 STOP_REQUEST = "STOP"
 
 STATES = ("queued", "running", "succeeded", "failed", "stopped")
@@ -207,10 +209,76 @@ def evaluation_problem(evaluation: Any) -> str | None:
     for key, low in (("top_k", 1), ("images", 0), ("mistakes_total", 0)):
         if key in evaluation and not (_whole(evaluation[key]) and evaluation[key] >= low):
             return f"'{key}' is {_shown(evaluation[key])}, not a whole number of at least {low}"
-    for key in ("split", "root"):
+    for key in ("split", "root", "dataset"):
         if evaluation.get(key) is not None and not isinstance(evaluation[key], str):
             return f"'{key}' is {_shown(evaluation[key])}, not a name"
-    return _rows_problem(evaluation)
+    for key in ("macro_f1", "ece"):  # added with issue 16.3; older reports lack them
+        value = evaluation.get(key)
+        if value is not None and not (_finite(value) and 0 <= value <= 1):
+            return f"'{key}' is {_shown(value)}, not a share from 0 to 1"
+    return _rows_problem(evaluation) or _reliability_problem(evaluation.get("reliability")) \
+        or _predictions_problem(evaluation.get("predictions"), n)
+
+
+def _reliability_problem(table: Any) -> str | None:
+    """The reliability diagram's bins: counts, and a mean confidence and accuracy (or null) per bin."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        return "'reliability' is not an object"
+    counts = table.get("counts")
+    if not (isinstance(counts, list) and counts and all(_whole(c) and c >= 0 for c in counts)):
+        return "'reliability' has no list of photo counts per bin"
+    for key in ("confidence", "accuracy"):
+        values = table.get(key)
+        if not (isinstance(values, list) and len(values) == len(counts)
+                and all(v is None or (_finite(v) and 0 <= v <= 1) for v in values)):
+            return f"'reliability' has no {key} per bin"
+    return None
+
+
+def _predictions_problem(table: Any, num_classes: int) -> str | None:
+    """Every scored photo's path, true and predicted class index and confidence, as equally long columns."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        return "'predictions' is not an object"
+    columns = [table.get(key) for key in ("paths", "true", "predicted", "confidence")]
+    if not all(isinstance(c, list) for c in columns) or len({len(c) for c in columns}) != 1:
+        return "'predictions' does not hold paths, true, predicted and confidence columns of one length"
+    paths, true, predicted, confidence = columns
+    if not all(_whole(v) and 0 <= v < num_classes for v in true + predicted):
+        return f"'predictions' holds a class index outside 0..{num_classes - 1}"
+    if not all(_finite(v) and 0 <= v <= 1 for v in confidence):
+        return "'predictions' holds a confidence that is not a share from 0 to 1"
+    for path in paths:
+        if not isinstance(path, str) or PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
+            return f"a prediction's path {_shown(path)} points outside the evaluated folder"
+    return None
+
+
+def calibration_problem(calibration: Any) -> str | None:
+    """Why calibration.json cannot be used (None when it can): a threshold from 0 to 1 and where it came from."""
+    if not isinstance(calibration, dict):
+        return "not a JSON object"
+    threshold = calibration.get("threshold")
+    if not (_finite(threshold) and 0 <= threshold <= 1):
+        return f"'threshold' is {_shown(threshold)}, not a confidence from 0 to 1"
+    if calibration.get("source") not in ("validation", "out_of_fold"):
+        return f"'source' is {_shown(calibration.get('source'))}, not validation or out_of_fold"
+    for key in ("keep", "kept_correct", "flagged_wrong", "accepted_accuracy", "held_out_accuracy"):
+        value = calibration.get(key)
+        if value is not None and not (_finite(value) and 0 <= value <= 1):
+            return f"'{key}' is {_shown(value)}, not a share from 0 to 1"
+    if not (_whole(calibration.get("photos")) and calibration["photos"] > 0):
+        return f"'photos' is {_shown(calibration.get('photos'))}, not a number of photos"
+    return None
+
+
+def evaluation_name(name: str) -> str:
+    """A named evaluation's file stem: the dataset's name in letters, digits, '.', '_' and '-' (at most 100)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip("-._")[:100]
+    return stem or "dataset"
 
 
 def _rows_problem(evaluation: dict[str, Any]) -> str | None:
@@ -439,6 +507,48 @@ class RunDir:
         if problem is not None:
             raise RunDamaged(self.run_id, EVALUATION, problem)
         return evaluation
+
+    def read_calibration(self) -> dict[str, Any] | None:
+        """The "unknown" threshold chosen for Classify (None: the run predates it, or had no held-out photos)."""
+        calibration = self._load(CALIBRATION, None)
+        if calibration is None:
+            return None
+        problem = calibration_problem(calibration)
+        if problem is not None:
+            raise RunDamaged(self.run_id, CALIBRATION, problem)
+        return calibration
+
+    def write_calibration(self, calibration: dict[str, Any]) -> None:
+        write_json_atomic(self.file(CALIBRATION), calibration)
+
+    def named_evaluations(self) -> list[str]:
+        """The names (file stems) of the evaluations on other labelled folders, newest first."""
+        folder = self.file(EVALUATIONS)
+        if not folder.is_dir():
+            return []
+        found = [p for p in folder.glob("*.json") if RUN_ID.fullmatch(p.stem) and p.is_file()]
+        return [p.stem for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+    def read_named_evaluation(self, name: str) -> dict[str, Any] | None:
+        """One named evaluation (checked like evaluation.json), None when there is no such name."""
+        if not RUN_ID.fullmatch(name) or name != evaluation_name(name):
+            return None
+        relative = f"{EVALUATIONS}/{name}.json"
+        evaluation = self._load(relative, None)
+        if evaluation is None:
+            return None
+        problem = evaluation_problem(evaluation)
+        if problem is not None:
+            raise RunDamaged(self.run_id, relative, problem)
+        return evaluation
+
+    def write_named_evaluation(self, name: str, evaluation: dict[str, Any]) -> str:
+        """Save an evaluation on another folder beside the run's own (never over evaluation.json); returns its
+        name."""
+        stem = evaluation_name(name)
+        self.file(EVALUATIONS).mkdir(exist_ok=True)
+        write_json_atomic(self.file(EVALUATIONS) / f"{stem}.json", evaluation)
+        return stem
 
     def read_overrides_used(self) -> dict[str, Any] | None:
         """The corrections this run trained with (None: it used no overrides file, or it predates them)."""

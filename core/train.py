@@ -185,6 +185,9 @@ class Trainer:
         self.memory_matches_saved = False
         self.stopped_in: str | None = None  # the phase a stop request ended
         self.global_epoch = 0
+        # Held-out (confidence, correct) of the training photos from the cross-validated head fit: what Classify's
+        # "unknown" threshold is chosen on when the run has no validation split it is not scored on.
+        self.out_of_fold: tuple[np.ndarray, np.ndarray] | None = None
         self.tracker = progress.Tracker([], self._write_progress, self._stop_now, on_finish=self._log_phase)
 
     # ----------------------------------------------------------------------------- entry point
@@ -453,11 +456,12 @@ class Trainer:
             return self.tracker.advance(index + fraction)
 
         weights = self.sample_weights[train_y] if self.sample_weights is not None else None
+        out_of_fold: dict[float, np.ndarray] = {}
         with single_threaded_blas():
             if self.cross_validated:
                 head, trials = fit_head_cv(train_x, train_y, num_classes, epsilon=bn.epsilon, sample_weight=weights,
                                            label_smoothing=self.config.label_smoothing, seed=self.config.seed,
-                                           on_trial=log_trial, on_iteration=on_iteration)
+                                           on_trial=log_trial, on_iteration=on_iteration, out_of_fold=out_of_fold)
             else:
                 head, trials = fit_head(train_x, train_y, val_x, val_y, num_classes, epsilon=bn.epsilon,
                                         sample_weight=weights, label_smoothing=self.config.label_smoothing,
@@ -472,6 +476,10 @@ class Trainer:
             weights = tuple(np.asarray(w) for w in multihost_utils.broadcast_one_to_all(weights))
         write_linear_head(self.model, *weights)
         self.head_ready = True
+        if head.l2 in out_of_fold:  # rows no fold held out (one fold of a very large set) are all zeros
+            probs = out_of_fold[head.l2]
+            seen = probs.sum(axis=1) > 0
+            self.out_of_fold = (probs[seen].max(axis=1), probs[seen].argmax(axis=1) == train_y[seen])
         best = next(t for t in trials if t.l2 == head.l2)
         self.run.log_metrics({"kind": "head_fit", "phase": PHASE_HEAD, "l2": head.l2,
                               "grid": [t.l2 for t in trials], "seconds": time.perf_counter() - started,
@@ -584,18 +592,45 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- evaluation
     def _evaluate(self, data: PreparedData) -> dict[str, Any]:
-        """Phase: evaluate the saved best model (exactly what the UI and CLI will load) on test, else val."""
-        from core.evaluate import evaluate_images
+        """Phase: evaluate the saved best model (exactly what the UI and CLI will load) on test, else val; then
+        choose Classify's "unknown" threshold on held-out photos that are not the test split."""
+        from core.evaluate import evaluate_images, held_out_for_threshold, load_run_model
 
         part = evaluation_part(data.split)
+        source = held_out_for_threshold(data.split, part, self.out_of_fold is not None)
+        extra_pass = len(data.split["val"]) if source == "validation" and part != "val" else 0
+        self.tracker.phase(progress.EVALUATE).total += extra_pass  # the validation photos are scored too
         self.tracker.start(progress.EVALUATE, message=f"on the {part} split")
         paths = [s.path for s in data.split[part]]
         in_memory = self.model if self.memory_matches_saved and not self.parallel.multi_process else None
-        report = evaluate_images(self.run, data.images[part], data.labels[part], paths, part, model=in_memory,
+        model = in_memory or load_run_model(self.run)
+        report = evaluate_images(self.run, data.images[part], data.labels[part], paths, part, model=model,
                                  tta=self.config.tta, batch_size=self.inference_batch,
                                  on_batch=self._advance_or_stop)
+        self._choose_unknown_threshold(data, part, source, report, model)
         self.tracker.finish(progress.EVALUATE)
         return report
+
+    def _choose_unknown_threshold(self, data: PreparedData, part: str, source: str | None, report: dict[str, Any],
+                                  model) -> None:
+        """calibration.json from the validation photos (scored now unless they were the evaluated split) or the
+        head fit's out-of-fold predictions (core.evaluate.held_out_for_threshold says which)."""
+        from core.evaluate import choose_unknown_threshold, score_images
+
+        if source == "out_of_fold":
+            confidence, correct = self.out_of_fold
+        elif source == "validation" and part == "val":
+            table = report["predictions"]
+            confidence = np.asarray(table["confidence"])
+            correct = np.asarray(table["true"]) == np.asarray(table["predicted"])
+        elif source == "validation":
+            done = len(data.split[part])
+            probs = score_images(model, data.images["val"], self.inference_batch, tta=self.config.tta,
+                                 on_batch=lambda n: self._advance_or_stop(done + n))
+            confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == data.labels["val"]
+        else:
+            return
+        choose_unknown_threshold(self.run, confidence, correct, source)
 
 
 class RunLogger(keras.callbacks.Callback):

@@ -13,7 +13,9 @@ import streamlit as st
 from core import StudioError, charts
 from core.cam import heatmap_for
 from core.images import IMAGE_EXTENSIONS
-from core.predict import MAX_PHOTOS_PER_BATCH, NamedPhoto, decode_uploads, result_rows, results_csv
+from core.predict import (MAX_PHOTOS_PER_BATCH, NamedPhoto, decode_uploads, is_unknown, result_rows, results_csv,
+                          unknown_reason)
+from core.runs import RunDamaged
 from core.safetext import markdown_literal, plain
 from pages._common import ensure_app_shell, load_bundle, load_classifier, no_model_message, pick_model, show_error
 
@@ -30,10 +32,13 @@ def code_literal(name: str) -> str:
     return f"{fence} {text} {fence}" if text.startswith("`") or text.endswith("`") else f"{fence}{text}{fence}"
 
 
-def show_one(classifier, item: NamedPhoto, top: list[dict], with_heatmap: bool) -> None:
-    """The photo, its heatmap for the predicted class, and the top-k bars."""
+def show_one(classifier, item: NamedPhoto, top: list[dict], with_heatmap: bool, unknown: str | None = None) -> None:
+    """The photo, its heatmap for the predicted class, and the top-k bars; `unknown` (why) when its best guess is
+    below the run's "unknown" threshold."""
     label = markdown_literal(top[0]["class"], NAME_CHARS)
-    st.markdown(f"**{markdown_literal(item.name, NAME_CHARS)}**: {label} ({top[0]['probability']:.1%})",
+    answer = f"{label} ({top[0]['probability']:.1%})" if unknown is None else \
+        f"unknown ({unknown}); best guess {label} ({top[0]['probability']:.1%})"
+    st.markdown(f"**{markdown_literal(item.name, NAME_CHARS)}**: {answer}",
                 help=markdown_literal(item.name) if len(plain(item.name)) > NAME_CHARS else None)
     cols = st.columns([1, 1, 2])
     cols[0].image(item.photo.thumbnail, caption="photo", width="stretch")
@@ -76,6 +81,19 @@ if can_heatmap:
 else:
     heatmaps = False
     st.caption("Heatmaps need the run's Keras model (train profile); a demo bundle shows predictions only.")
+calibration = None
+if choice.run is not None:
+    try:
+        calibration = choice.run.read_calibration()
+    except RunDamaged as err:  # only the threshold is lost: classifying goes on without it
+        st.caption(markdown_literal(str(err)))
+threshold = None
+if calibration is not None and controls[2].toggle(
+        f"Unknown < {calibration['threshold']:.0%}", value=True, key="use_unknown",
+        help=f"A photo whose best guess is {unknown_reason(calibration)} reads \"unknown\" (the threshold keeps "
+             f"{calibration['kept_correct']:.0%} of the right answers on those {calibration['photos']} photos). "
+             "Turn it off to see every best guess as the answer."):
+    threshold = float(calibration["threshold"])
 if controls[2].toggle("Use the camera", key="use_camera"):
     shot = st.camera_input("Take a photo")
     uploads = list(uploads or []) + ([shot] if shot is not None else [])
@@ -93,12 +111,15 @@ if batch.photos:
     results = classifier.classify_arrays([item.photo.model_input for item in batch.photos], top_k=int(top_k))
     seconds = time.perf_counter() - started
     st.caption(f"Classified {len(batch.photos)} photo(s) in {seconds:.2f} s.")
-    rows = result_rows([item.name for item in batch.photos], results)
+    rows = result_rows([item.name for item in batch.photos], results, threshold)
     # A dataframe cell is plain text (no Markdown); the CSV's text cells are neutralised for spreadsheets.
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     st.download_button("Download results as CSV", results_csv(rows), file_name=f"predictions-{choice.name}.csv",
                        mime="text/csv", icon=":material/download:")
+    unknowns = sum(is_unknown(top, threshold) for top in results)
+    if unknowns:
+        st.caption(f"{unknowns} of {len(results)} photo(s) read unknown: {unknown_reason(calibration)}.")
     for item, top in list(zip(batch.photos, results))[:MAX_DETAILED]:
-        show_one(classifier, item, top, heatmaps)
+        show_one(classifier, item, top, heatmaps, unknown_reason(calibration) if is_unknown(top, threshold) else None)
     if len(batch.photos) > MAX_DETAILED:
         st.caption(f"Charts and heatmaps are shown for the first {MAX_DETAILED} photos; the table has them all.")

@@ -7,12 +7,12 @@ import pandas as pd
 import streamlit as st
 
 from core import StudioError, charts, jobs, profile
-from core.metrics import mistake_count
+from core.metrics import cell_photos, mistake_count
 from core.previews import mistakes_with_images, thumbnail
 from core.runs import RUN_ID, RunDamaged, evaluation_problem
 from core.safetext import csv_cell, markdown_literal, shorten
-from pages._common import (ensure_app_shell, literal_names, load_bundle, no_model_message, pick_model, runs,
-                           show_error)
+from pages._common import (current_workspace, ensure_app_shell, literal_names, load_bundle, no_model_message,
+                           pick_model, runs, show_error)
 
 # An absolute path inside an error text (Keras and converters name the files they choke on): only its last part is
 # shown, since a hosted demo must not describe its server's folders.
@@ -44,23 +44,44 @@ def picture(path: str):
 
 
 def summary(evaluation: dict) -> None:
-    """Accuracy, top-k and macro AUC on the evaluated split (a field a report lacks reads n/a)."""
-    cols = st.columns(4)
+    """Accuracy, top-k, macro F1 and macro AUC on the evaluated photos (a field a report lacks reads n/a)."""
+    cols = st.columns(5)
     cols[0].metric("Accuracy", f"{evaluation['accuracy']:.1%}")
     top_k = evaluation.get("top_k_accuracy")
     cols[1].metric(f"Top-{evaluation.get('top_k', 1)} accuracy", f"{top_k:.1%}" if top_k is not None else "n/a")
+    f1 = evaluation.get("macro_f1")
+    cols[2].metric("Macro F1", f"{f1:.1%}" if f1 is not None else "n/a",
+                   help="The mean of the per-class F1 scores over the classes that have photos here: every class "
+                        "counts the same, however many photos it has.")
     auc = evaluation.get("macro_auc")
-    cols[2].metric("Macro AUC", f"{auc:.3f}" if auc is not None else "n/a")
-    cols[3].metric("Images evaluated", f"{evaluation.get('images', 'n/a')} ({evaluation.get('split') or 'n/a'})")
+    cols[3].metric("Macro AUC", f"{auc:.3f}" if auc is not None else "n/a")
+    split = "test folder" if evaluation.get("split") == "data" else evaluation.get("split") or "n/a"
+    cols[4].metric("Images evaluated", f"{evaluation.get('images', 'n/a')} ({split})")
 
 
-def confusion(evaluation: dict) -> None:
-    """The confusion matrix with a counts / normalised switch, beside the per-class scores."""
+def confusion(evaluation: dict, key: str) -> tuple[int, int] | None:
+    """The confusion matrix with a counts / normalised switch, beside the per-class scores. A click on a cell (or
+    the two select boxes under it) picks that cell; returns the picked (true, predicted) indices."""
     view = st.segmented_control("Confusion matrix", ["Counts", "Normalised"], default="Counts", key="cm_view")
     left, right = st.columns([3, 2])
     classes = evaluation["classes"]
+    true_key, predicted_key = f"cell_true_{key}", f"cell_predicted_{key}"
+    for widget in (true_key, predicted_key):  # a class no longer among the options (another run) is forgotten
+        if st.session_state.get(widget) not in (None, *classes):
+            del st.session_state[widget]
+    picked = _picked_cell(classes, true_key, predicted_key)
+    chart_key = f"confusion_matrix_{key}"
+
+    def clicked() -> None:
+        """A click on the chart: its cell goes into the select boxes (the one place the pick is kept)."""
+        state = st.session_state.get(chart_key) or {}
+        cell = charts.clicked_cell((state.get("selection") or {}).get("points") or [], len(classes))
+        if cell is not None:
+            st.session_state[true_key], st.session_state[predicted_key] = classes[cell[0]], classes[cell[1]]
+
     left.plotly_chart(charts.confusion_figure(evaluation["confusion_matrix"], classes,
-                                              normalised=view == "Normalised"), key="confusion_matrix")
+                                              normalised=view == "Normalised", selected=picked),
+                      key=chart_key, on_select=clicked, selection_mode="points")
     long_names = [c for c in classes if len(c) > charts.AXIS_LABEL_CHARS]
     if long_names:
         left.caption("Long class names are shortened on the axes (hover a cell for the whole name): "
@@ -75,13 +96,137 @@ def confusion(evaluation: dict) -> None:
         if evaluation.get("most_confused"):
             st.markdown("**Most confused pairs**")
             st.dataframe(cells(evaluation["most_confused"]), hide_index=True, width="stretch")
+    # The same pick without a mouse: a select box per axis (a click on the chart fills both).
+    st.caption("Click a cell of the matrix to see its photos, or choose the two classes here.")
+    pick_true, pick_predicted = st.columns(2)
+    pick_true.selectbox("True class", classes, index=None, key=true_key, placeholder="Choose a true class",
+                        format_func=lambda c: shorten(c, 60))
+    pick_predicted.selectbox("Predicted class", classes, index=None, key=predicted_key,
+                             placeholder="Choose a predicted class", format_func=lambda c: shorten(c, 60))
+    return _picked_cell(classes, true_key, predicted_key)
+
+
+def _picked_cell(classes: list[str], true_key: str, predicted_key: str) -> tuple[int, int] | None:
+    true, predicted = st.session_state.get(true_key), st.session_state.get(predicted_key)
+    if true in classes and predicted in classes:
+        return classes.index(true), classes.index(predicted)
+    return None
+
+
+CELL_PAGE = 24  # photos of a clicked cell shown at a time (four rows of six)
+
+
+def cell_section(evaluation: dict, cell: tuple[int, int], key: str, editable: bool) -> None:
+    """The photos of one confusion-matrix cell: mistakes most confident first, correct ones least confident
+    first, CELL_PAGE at a time, each with its confidence (and the cleaning buttons on the run's own dataset)."""
+    classes = evaluation["classes"]
+    row, column = cell
+    true, predicted = classes[row], classes[column]
+    count = int(evaluation["confusion_matrix"][row][column])
+    photos = cell_photos(evaluation, row, column)
+    heading = (f"true {markdown_literal(true, 40)} → predicted {markdown_literal(predicted, 40)}: "
+               f"{count} photo{'' if count == 1 else 's'}")
+    st.markdown(f"**{heading}**" + (" (correct)" if row == column else ""))
+    if photos is None:
+        st.caption("This report was written before evaluations kept every photo's prediction, so the photos of a "
+                   "cell cannot be listed: evaluate the run again to list them.")
+        return
+    if not photos:
+        return
+    pages = (len(photos) + CELL_PAGE - 1) // CELL_PAGE
+    page = 1
+    if pages > 1:
+        page = int(st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"cell_page_{key}_{row}_{column}"))
+    shown = photos[(page - 1) * CELL_PAGE:page * CELL_PAGE]
+    order = "least confident first" if row == column else "most confident first"
+    st.caption(f"Photos {(page - 1) * CELL_PAGE + 1}–{(page - 1) * CELL_PAGE + len(shown)} of {len(photos)}, "
+               f"{order}.")
+    root = evaluation.get("root")
+    found = mistakes_with_images(shown, Path(root) if root else None)
+    pictured = [(item, image) for item in found if (image := picture(str(item["file"]))) is not None]
+    if not pictured:
+        st.caption("The photos are no longer at the place they were evaluated from (moved or deleted), so only the "
+                   "list is shown." if not found else "The photos could not be read, so only the list is shown.")
+        st.dataframe(cells(shown), hide_index=True)
+        return
+    if len(pictured) < len(shown):
+        st.caption(f"{len(shown) - len(pictured)} of these photos can no longer be read or found.")
+    columns = st.columns(6)
+    for i, (item, image) in enumerate(pictured):
+        with columns[i % 6]:
+            st.image(image, caption=f"{item['confidence']:.0%} · {markdown_literal(Path(item['path']).name, 30)}",
+                     width="stretch")
+            if editable:
+                _corrections(Path(root), item, classes, f"cell{row}_{column}")
+
+
+def _corrections(root: Path, item: dict, classes: list[str], key: str) -> None:
+    """The cleaning loop's Relabel / Exclude / Undo under a photo of the run's own dataset (pages/_cleaning)."""
+    from pages._cleaning import correction_controls
+
+    correction_controls(root, item["path"], classes, key=key, source="mistakes",
+                        suggested=item["predicted"] if item["predicted"] != item["true"] else None)
+
+
+def calibration_section(evaluation: dict, run=None) -> None:
+    """The reliability diagram and ECE; for a run, the "unknown" threshold Classify uses and where it came from."""
+    reliability = evaluation.get("reliability")
+    if not reliability:
+        st.caption("This report predates calibration figures; evaluate the run again for its reliability diagram.")
+        return
+    left, right = st.columns([3, 2])
+    ece = evaluation.get("ece")
+    left.plotly_chart(charts.reliability_figure(reliability, ece), key="reliability")
+    with right:
+        st.markdown(f"**Calibration: ECE {ece:.1%}**" if ece is not None else "**Calibration**")
+        st.caption("When the model says 80%, is it right 80% of the time? Each bar is how often it was right at that "
+                   "confidence; the dashed diagonal is a perfectly calibrated model, and the expected calibration "
+                   f"error (ECE) is the average gap between the two, weighted by the photos in each of the "
+                   f"{len(reliability['counts'])} bins.")
+        if run is not None:
+            unknown_threshold_note(run)
+
+
+def unknown_threshold_note(run) -> None:
+    """What Classify does with low-confidence photos of this run, or a button to choose its threshold."""
+    from core.predict import unknown_reason
+
+    try:
+        calibration = run.read_calibration()
+    except RunDamaged as err:
+        st.caption(markdown_literal(str(err)))
+        return
+    if calibration is not None:
+        wrong = calibration.get("flagged_wrong")
+        st.caption(f"Classify says **unknown** for a photo {unknown_reason(calibration)} ({calibration['photos']} "
+                   f"photos, none of them test photos): it keeps {calibration['kept_correct']:.0%} of the right "
+                   "answers there" + (f" and turns {wrong:.0%} of the wrong ones into unknown." if wrong is not None
+                                      else "; none was wrong."))
+        return
+    split = run.read_split()
+    if not split.get("val"):
+        st.caption('This run has no "unknown" threshold for Classify (it was trained before runs chose one on '
+                   "their held-out photos): train again to get one.")
+        return
+    st.caption('This run has no "unknown" threshold for Classify yet: it can be chosen on its validation photos.')
+    if st.button("Choose the \"unknown\" threshold", key="calibrate_run", disabled=jobs.run_view(run).active):
+        from core.evaluate import calibrate_run
+
+        try:
+            with st.spinner("Scoring the validation photos…"):
+                calibrate_run(run)
+        except StudioError as err:
+            show_error(err)
+            return
+        st.rerun()
 
 
 MISTAKE_PICTURES = 18  # three rows of six; a demo bundle carries thumbnails for as many (core.export)
 
 
-def mistakes(evaluation: dict) -> None:
-    """The most confident mistakes, with their pictures, counted against every error in the confusion matrix."""
+def mistakes(evaluation: dict, editable: bool = False) -> None:
+    """The most confident mistakes, with their pictures, counted against every error in the confusion matrix
+    (with the cleaning loop's buttons under each when `editable`: the run's own dataset)."""
     listed = evaluation.get("mistakes", [])
     total = max(mistake_count(evaluation), len(listed))  # evaluation.json lists only the most confident ones
     if not total:
@@ -104,8 +249,50 @@ def mistakes(evaluation: dict) -> None:
     st.markdown(f"**Most confident mistakes: {len(pictured)} of {total} shown**")
     cols = st.columns(6)
     for i, (item, image) in enumerate(pictured):
-        cols[i % 6].image(image, caption=f"true {markdown_literal(item['true'], 40)} → predicted "
-                                         f"{markdown_literal(item['predicted'], 40)} ({item['confidence']:.0%})")
+        with cols[i % 6]:
+            st.image(image, caption=f"true {markdown_literal(item['true'], 40)} → predicted "
+                                    f"{markdown_literal(item['predicted'], 40)} ({item['confidence']:.0%})")
+            if editable:
+                _corrections(Path(root), item, evaluation["classes"], "mistake")
+
+
+OWN = ":own"  # the evaluation picker's entry for the run's own evaluation.json (no file stem holds a ':')
+SHOW_NEXT_KEY = "evaluation_show_next"  # a named evaluation to show once the page reruns
+
+
+def evaluation_label(evaluation: dict, name: str) -> str:
+    """An entry of the evaluation picker: which photos, how many, and when for a named one."""
+    photos = f"{evaluation.get('images', '?')} photos"
+    if name == OWN:
+        return f"{evaluation.get('split') or 'held-out'} split of the run's dataset ({photos})"
+    when = evaluation.get("evaluated")
+    stamp = f", {pd.Timestamp(when, unit='s'):%Y-%m-%d %H:%M}" if isinstance(when, (int, float)) else ""
+    return f"{shorten(evaluation.get('dataset') or name, 60)} ({photos}{stamp})"
+
+
+def pick_evaluation(run, own: dict | None) -> tuple[str, dict | None]:
+    """Which evaluation to show: the run's own, or one of its named evaluations on other folders (newest first).
+    Returns (name, report); a damaged named report is said and left out."""
+    reports: dict[str, dict | None] = {OWN: own} if own is not None else {}
+    for name in run.named_evaluations():
+        try:
+            reports[name] = run.read_named_evaluation(name)
+        except RunDamaged as err:
+            st.warning(str(err), icon=":material/report:")
+    reports = {name: report for name, report in reports.items() if report is not None}
+    if not reports:
+        return OWN, None
+    names = list(reports)
+    if st.session_state.get(SHOW_NEXT_KEY) in names:  # an evaluation just made on a test folder
+        st.session_state["evaluation_shown"] = st.session_state.pop(SHOW_NEXT_KEY)
+    if st.session_state.get("evaluation_shown") not in names:
+        st.session_state["evaluation_shown"] = names[0]
+    if len(names) > 1:
+        st.selectbox("Evaluation shown", names, key="evaluation_shown",
+                     format_func=lambda n: evaluation_label(reports[n], n),
+                     help="The run's own held-out split, or a labelled test folder it was evaluated on here.")
+    name = st.session_state["evaluation_shown"]
+    return name, reports[name]
 
 
 def single_run() -> None:
@@ -142,15 +329,167 @@ def single_run() -> None:
                 st.error(markdown_literal(f"Run {run.run_id} could not be evaluated ({error_text(err)})."))
                 return
             st.rerun()
+    name, shown = pick_evaluation(run, evaluation)
+    if shown is not None:
+        verdict = jobs.model_verdict(run)
+        if not verdict.usable:  # chosen explicitly: say why it is not offered by default
+            st.warning(literal_names(f"This run's model is not offered by default. {verdict.reason}",
+                                     shown["classes"]), icon=":material/info:")
+        own_dataset = shown.get("split") != "data"  # a labelled folder uploaded to test it is not trained on
+        if not own_dataset:
+            st.caption(f"Evaluated on {markdown_literal(shown.get('dataset') or name, 60)}, a labelled folder the "
+                       f"run was not scored on; the run's own evaluation is kept"
+                       + (" and can be chosen above." if evaluation is not None else "."))
+            if _same_folder(shown.get("root"), run.read_split().get("root")):
+                st.warning("This is the dataset the run was trained on: its scores include photos the model learned "
+                           "from.", icon=":material/info:")
+        summary(shown)
+        cell = confusion(shown, key=f"{run.run_id}_{name}")
+        if cell is not None:
+            with st.container(key="cell_photos"):
+                cell_section(shown, cell, key=f"{run.run_id}_{name}", editable=own_dataset)
+        calibration_section(shown, run)
+        mistakes(shown, editable=own_dataset)
+    test_folder_section(run, busy=view.active)
+    if evaluation is not None:
+        export_section(run)
+
+
+def _same_folder(a: str | None, b: str | None) -> bool:
+    try:
+        return bool(a and b) and Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ test folders
+EVALUATED_UPLOAD_KEY = "evaluated_test_upload"  # the .zip upload last evaluated (not again on every rerun)
+TEST_FOLDER_ERROR_KEY = "test_folder_error"  # a refused folder upload's sentence, shown after the picker redraws
+
+
+def test_folder_section(run, busy: bool) -> None:
+    """Evaluate the run on a labelled test folder (uploaded, or a dataset of this workspace): saved as a named
+    evaluation beside the run's own, then shown."""
+    if not profile.is_train_profile():
         return
-    verdict = jobs.model_verdict(run)
-    if not verdict.usable:  # chosen explicitly: say why it is not offered by default
-        st.warning(literal_names(f"This run's model is not offered by default. {verdict.reason}",
-                                 evaluation["classes"]), icon=":material/info:")
-    summary(evaluation)
-    confusion(evaluation)
-    mistakes(evaluation)
-    export_section(run)
+    st.subheader("Evaluate on a labelled test folder")
+    st.caption("A folder with one sub-folder of photos per class: all or some of the run's classes, and no others. "
+               "Every photo in it is scored; the result is saved beside the run's own evaluation (which stays as "
+               "it is) and can be chosen in 'Evaluation shown' above.")
+    if busy:
+        st.caption("The run is still training; evaluate it when it has finished.")
+        return
+    from core.ingest import list_datasets, upload_limits
+
+    folder_tab, zip_tab, earlier_tab = st.tabs(["Upload a folder", "Upload a .zip", "A dataset of this workspace"])
+    workspace = current_workspace()
+    limits = upload_limits()  # the Data page's: an upload here is unpacked by the same core.ingest checks
+    with folder_tab:
+        from pages._folder_upload import folder_picker, forget
+
+        per_file = st.get_option("server.maxUploadSize") * 1024**2
+        max_bytes, rule = per_file, "the server's maxUploadSize"
+        if limits.max_total_bytes < max_bytes:
+            max_bytes, rule = limits.max_total_bytes, "STUDIO_MAX_UPLOAD_MB, the limit on what one upload unpacks to"
+        quota_left = workspace.quota_left()
+        if quota_left is not None and quota_left < max_bytes:
+            max_bytes, rule = quota_left, "what is left of your workspace's quota; the Workspace page frees space"
+        upload = folder_picker(max_bytes, rule, limits.max_files)
+        if st.session_state.get(TEST_FOLDER_ERROR_KEY):
+            st.error(st.session_state[TEST_FOLDER_ERROR_KEY], icon=":material/error:")
+        st.session_state.pop(TEST_FOLDER_ERROR_KEY, None)
+        limits_caption(limits)
+        if upload is not None:
+            from core.upload_manifest import ingest_folder_archive
+
+            before = set(list_datasets(workspace.datasets_dir()))
+            try:
+                with st.spinner(f"Unpacking {upload.name}…"):
+                    folder = ingest_folder_archive(upload, upload.name, workspace.datasets_dir()).folder
+            except StudioError as err:
+                forget(upload)
+                st.session_state[TEST_FOLDER_ERROR_KEY] = str(err)
+                st.rerun()
+            forget(upload)
+            problem = evaluate_on(run, folder, Path(upload.name).stem)
+            st.session_state[TEST_FOLDER_ERROR_KEY] = problem
+            if problem is not None:
+                drop_new_upload(folder, before)
+            st.rerun()  # redraws the picker with a fresh uploader, so it stops waiting for the server
+    with zip_tab:
+        upload = st.file_uploader("Choose a .zip of the test folder", type=["zip"], key="test_zip")
+        limits_caption(limits)
+        if upload is not None and st.session_state.get(EVALUATED_UPLOAD_KEY) != upload.file_id:
+            from core.ingest import ingest_zip
+
+            before = set(list_datasets(workspace.datasets_dir()))
+            try:
+                with st.spinner(f"Unpacking {upload.name}…"):
+                    folder = ingest_zip(upload, upload.name, destination=workspace.datasets_dir())
+            except StudioError as err:
+                show_error(err)
+            else:
+                st.session_state[EVALUATED_UPLOAD_KEY] = upload.file_id
+                problem = evaluate_on(run, folder, Path(upload.name).stem)
+                if problem is not None:
+                    drop_new_upload(folder, before)
+                show_problem(problem)
+    with earlier_tab:
+        earlier = list_datasets(workspace.datasets_dir())
+        if not earlier:
+            st.caption("No dataset has been uploaded to this workspace yet.")
+        else:
+            chosen = st.selectbox("Dataset", earlier, format_func=lambda p: shorten(p.name), key="test_dataset")
+            if st.button("Evaluate on this dataset", key="evaluate_on_dataset"):
+                show_problem(evaluate_on(run, chosen, chosen.name))
+
+
+def drop_new_upload(folder: Path, before: set[Path]) -> None:
+    """A test folder refused for evaluation is not kept in the workspace (it would count against the visitor's
+    quota), unless it was there before this upload (then it is a dataset the visitor uploaded on purpose)."""
+    import shutil
+
+    if folder not in before:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def limits_caption(limits) -> None:
+    """The upload limits (the Data page's), short, with the whole rule in the tooltip."""
+    st.caption(f"Limits: up to {limits.max_files:,} files and {limits.max_total_bytes / 1024**2:,.0f} MB unpacked "
+               "per upload, as on the Data page.", help=limits.describe())
+
+
+def evaluate_on(run, folder: Path, title: str) -> str | None:
+    """Score every photo of `folder` with the run's model (a progress bar meanwhile) and save it as a named
+    evaluation, to be shown next; or the sentence saying why not (e.g. a class the run does not know)."""
+    from core.evaluate import evaluate_run
+
+    bar = st.progress(0.0, text="Reading the photos…")
+
+    def report(stage: str, done: int, total: int) -> None:
+        fraction = done / total if total else 1.0
+        bar.progress(min(fraction, 1.0), text=f"{'Reading' if stage == 'decoding' else 'Scoring'} the photos: "
+                                              f"{done:,} of {total:,}")
+
+    try:
+        result = evaluate_run(run, data=folder, name=folder.name, title=title, progress=report)
+    except StudioError as err:
+        bar.empty()
+        subfolders = [p.name for p in folder.rglob("*") if p.is_dir()]  # the folder's class names, as given
+        return literal_names(str(err), [*run.read_classes(), *subfolders], folders=[folder])
+    except Exception as err:  # a damaged model file or an unreadable folder: report it, keep the page
+        bar.empty()
+        return markdown_literal(f"Run {run.run_id} could not be evaluated on {title} ({error_text(err)}).")
+    st.session_state[SHOW_NEXT_KEY] = result["name"]  # the picker is drawn already: it takes this on the rerun
+    return None
+
+
+def show_problem(problem: str | None) -> None:
+    """After evaluate_on: its refusal in one sentence, or the new evaluation shown (a rerun puts it on top)."""
+    if problem is not None:
+        st.error(problem, icon=":material/error:")
+    else:
+        st.rerun()
 
 
 def demo_bundle(path: Path) -> None:
@@ -166,7 +505,11 @@ def demo_bundle(path: Path) -> None:
                f"{markdown_literal(manifest.get('image_size'), 10)} px, {len(bundle.classes)} classes, "
                f"{markdown_literal(manifest.get('format'), 20)} model classified without TensorFlow.")
     summary(bundle.evaluation)
-    confusion(bundle.evaluation)
+    cell = confusion(bundle.evaluation, key=f"bundle_{path.name}")
+    if cell is not None:
+        with st.container(key="cell_photos"):
+            cell_section(bundle.evaluation, cell, key=f"bundle_{path.name}", editable=False)
+    calibration_section(bundle.evaluation)
     mistakes(bundle.evaluation)
     if bundle.parity:
         parity_table(bundle.parity, "How the bundled model agrees with the Keras model it was exported from")

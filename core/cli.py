@@ -244,10 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-id", help="write into models/<run-id> (used by the app)")
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("evaluate", help="evaluate a run; prints JSON and writes evaluation.json")
+    evaluate = sub.add_parser("evaluate", help="evaluate a run; prints JSON and writes evaluation.json (its own "
+                              "split) or evaluations/<name>.json (--data, or a split it is not scored on)")
     evaluate.add_argument("run", help="run folder or run id")
-    evaluate.add_argument("--data", help="evaluate on every image of this folder instead of the run's split")
-    evaluate.add_argument("--split", choices=["train", "val", "test"], help="which saved split (default test, else val)")
+    evaluate.add_argument("--data", help="evaluate on every image of this labelled folder (or .zip) instead of the "
+                          "run's split; saved as evaluations/<folder name>.json")
+    evaluate.add_argument("--split", choices=["train", "val", "test"],
+                          help="which saved split (default test, else val); another than the scored one is saved "
+                          "as evaluations/<split>-split.json")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="classify images with a run; prints JSON top-k per image")

@@ -491,7 +491,10 @@ def _bundle_evaluation(evaluation: dict[str, Any], folder: Path, data_root: Path
         if i < MISTAKE_THUMBNAILS and _write_thumbnail(root / mistake["path"], folder / thumbnail):
             mistake = {**mistake, "path": thumbnail, "original_path": mistake["path"]}
         mistakes.append(mistake)
-    return {**evaluation, "root": ".", "mistakes": mistakes}
+    # Every scored photo's path would name the server's files and list photos the bundle does not carry: a demo's
+    # confusion-matrix cells say so instead (pages/evaluate.cell_section).
+    bundled = {key: value for key, value in evaluation.items() if key != "predictions"}
+    return {**bundled, "root": ".", "mistakes": mistakes, "predictions_left_out": True}
 
 
 def _write_thumbnail(source: Path, destination: Path) -> bool:

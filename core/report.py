@@ -496,6 +496,27 @@ def evaluation_section(f: RunFacts, figures: Figures) -> str:
         out += "<h3>Most confused pairs</h3>" + table(
             [[esc(p["true"]), esc(p["predicted"]), f"{p['count']:,}"] for p in pairs[:TABLE_ROWS]],
             ["true class", "predicted as", "photos"], numeric=(2,))
+    return out + calibration_section(f, figures)
+
+
+def calibration_section(f: RunFacts, figures: Figures) -> str:
+    """The reliability diagram with its ECE, and the "unknown" threshold Classify uses, when the run has them."""
+    from core.charts import reliability_figure
+
+    evaluation, out = f.evaluation or {}, ""
+    reliability, ece = evaluation.get("reliability"), evaluation.get("ece")
+    if isinstance(reliability, dict) and isinstance(ece, (int, float)):
+        out += ("<h3>Confidence and calibration</h3>" + figures.html(reliability_figure(reliability, ece))
+                + note(f"Expected calibration error {percent(ece)}: on average the model's confidence and its "
+                       "accuracy differ by this much (15 confidence bins); 0 would mean a photo scored 80% is right "
+                       "80% of the time."))
+    calibration = _read(f.problems, f.run.read_calibration, None)
+    if calibration:
+        source = "validation photos" if calibration["source"] == "validation" else \
+            "out-of-fold predictions of the training photos"
+        out += note(f"Classify answers \"unknown\" below {percent(calibration['threshold'])} confidence: the "
+                    f"threshold that keeps {percent(calibration.get('keep', 0.95), 0)} of the right answers on "
+                    f"{calibration['photos']:,} {source}.")
     return out
 
 

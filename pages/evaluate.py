@@ -11,6 +11,7 @@ from core.metrics import cell_photos, mistake_count
 from core.previews import mistakes_with_images, thumbnail
 from core.runs import RUN_ID, RunDamaged, evaluation_problem
 from core.safetext import csv_cell, markdown_literal, shorten
+from pages._report import report_download
 from pages._common import (current_workspace, ensure_app_shell, literal_names, load_bundle, no_model_message,
                            pick_model, runs, show_error)
 
@@ -127,6 +128,10 @@ def cell_section(evaluation: dict, cell: tuple[int, int], key: str, editable: bo
     heading = (f"true {markdown_literal(true, 40)} → predicted {markdown_literal(predicted, 40)}: "
                f"{count} photo{'' if count == 1 else 's'}")
     st.markdown(f"**{heading}**" + (" (correct)" if row == column else ""))
+    if photos is None and evaluation.get("predictions_left_out"):
+        st.caption("A demo bundle carries the thumbnails of its most confident mistakes (below), not every test "
+                   "photo, so a cell's photos are listed only in the app that trained the run.")
+        return
     if photos is None:
         st.caption("This report was written before evaluations kept every photo's prediction, so the photos of a "
                    "cell cannot be listed: evaluate the run again to list them.")
@@ -353,6 +358,7 @@ def single_run() -> None:
     test_folder_section(run, busy=view.active)
     if evaluation is not None:
         export_section(run)
+        report_download(run)
 
 
 def _same_folder(a: str | None, b: str | None) -> bool:

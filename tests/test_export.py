@@ -104,6 +104,9 @@ def test_bundle_classifier_gives_the_keras_top1(run: RunDir, exported: dict, val
     assert bundle.metrics == run.read_metrics()
     thumbnails = [m for m in bundle.evaluation["mistakes"] if m["path"].startswith("mistakes/")]
     assert thumbnails and all((bundle.path / m["path"]).stat().st_size < 30_000 for m in thumbnails)
+    # Every scored photo's server path stays out of a public bundle (its cells say the photos are not carried).
+    assert "predictions" in run.read_evaluation() and "predictions" not in bundle.evaluation
+    assert bundle.evaluation["predictions_left_out"] is True
     assert {bundle.path, bundle.path.with_suffix(".zip")} <= set(find_bundles(bundle.path.parent))
 
 

@@ -82,6 +82,8 @@ def test_report_holds_every_section_and_its_numbers(made):
     assert "The test set is small (18 photos)" in text  # a limit stated with its size
     assert "EfficientNet-Lite0" in text and "at 96 px" in text and "tensorflow 2." in text
     assert "36 train, 0 validation, 18 test" in text
+    assert "Confidence and calibration" in text and "Expected calibration error" in text
+    assert "Classify answers \"unknown\" below" in text and "out-of-fold predictions" in text  # CV run: no val
     assert "Possible wrong labels" in text and "Not checked" not in text  # the saved health check is found
     assert "<td>keras</td>" in text and "<td>passed</td>" in text and "Not exported yet" not in text
     # the mistakes: photo and heatmap side by side, as inline JPEGs
@@ -138,7 +140,7 @@ def test_report_opens_offline_in_chromium(made):
                     if m.type in ("error", "warning") else None)
             page.route("**/*", only_the_file)
             page.goto(made["path"].as_uri())
-            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 4",
+            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 5",
                                    timeout=20_000)
             drawn = page.evaluate("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
                                   ".filter(p => p.querySelector('.cartesianlayer .trace, .cartesianlayer image')).length")
@@ -149,7 +151,7 @@ def test_report_opens_offline_in_chromium(made):
         finally:
             browser.close()
     assert outside == [] and errors == []
-    assert drawn == 4  # images per class, loss, accuracy, confusion matrix: each with its traces drawn
+    assert drawn == 5  # images per class, loss, accuracy, confusion matrix, reliability: each with its traces
     assert HOSTILE in cells and INJECTING in cells
     assert injected == [None, 0]
     assert pictures and all(src == "data:image/" and done and width > 0 for src, done, width in pictures)

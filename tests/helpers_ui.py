@@ -98,9 +98,10 @@ def wait_for_health(url: str, server: subprocess.Popen, log: Path, timeout: floa
     raise RuntimeError(f"streamlit did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def launch_chromium(playwright):
-    """Debian's Chromium, headless, with nothing reaching out to the network."""
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+def launch_chromium(playwright, extra_args: list[str] | None = None):
+    """Debian's Chromium, headless, with nothing reaching out to the network (`extra_args` on top, e.g. a fake
+    camera)."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + list(extra_args or []))
 
 
 def wait_idle(page, timeout: float = 60_000) -> None:

@@ -109,7 +109,7 @@ def _list_files(folder: Path, relative_to: Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if d not in IGNORED_NAMES and not d.startswith("."))
         for name in sorted(filenames):
-            if name in IGNORED_NAMES or name.startswith("._") or name.endswith(OVERRIDES_SUFFIX):
+            if is_ignored_name(name):  # system, hidden (the .studio-complete marker) and overrides files
                 continue
             found.append((Path(dirpath) / name).relative_to(relative_to))
     return found

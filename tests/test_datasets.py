@@ -143,3 +143,18 @@ def test_split_folders_without_val_are_carved(tmp_path: Path, small_dataset: Pat
 def test_bad_fractions_are_rejected(small_dataset: Path):
     with pytest.raises(StudioError, match="fraction"):
         split_samples(scan(small_dataset), val_fraction=0.6, test_fraction=0.5)
+
+
+def test_hidden_files_and_corrections_files_are_not_reported_as_skipped(tmp_path):
+    """An unzipped upload's .studio-complete marker at the top (no wrapper folder) and an overrides file are
+    neither photos nor strays: the report never lists them as "not inside a class folder"."""
+    from conftest import write_png
+
+    for cls in ("cat", "dog"):
+        for i in range(2):
+            write_png(tmp_path / "data" / cls / f"{i}.png", seed=i + (10 if cls == "dog" else 0))
+    (tmp_path / "data" / ".studio-complete").write_text("")
+    (tmp_path / "data" / "cat" / ".notes").write_text("x")
+    (tmp_path / "data" / "inner.overrides.json").write_text("{}")
+    report = scan(tmp_path / "data").report
+    assert report.skipped == [] and report.usable_images == 4

@@ -40,6 +40,47 @@ def _load_augmentation(value: str) -> Any:
     return value
 
 
+# What each train flag sets, in words; train_help() adds the default from TrainConfig and the allowed range and
+# unit from core.config.RULES, so the help can never disagree with what the config accepts.
+TRAIN_HELP = {
+    "data": "the labelled image folder: one sub-folder per class, or train/ (val/ test/) holding them; or a .zip",
+    "backbone": "the pretrained network (efficientnet_lite0|lite1|lite2, efficientnet_b0..b7, efficientnet_v2_*)",
+    "image_size": "the side photos are resized to",
+    "batch_size": "images per step per device",
+    "head_epochs": "phase 1, the head on the frozen backbone ('features' mode fits it exactly whatever the number)",
+    "finetune_epochs": "phase 2, the top stages unfrozen",
+    "head_lr": "Adam's learning rate for the head in 'images' mode",
+    "finetune_lr": "Adam's learning rate when fine-tuning",
+    "seed": "one seed for the split, shuffling, augmentation and initialisation",
+    "val_fraction": "share of each class held out for validation when there is no val/ folder",
+    "test_fraction": "share held out for a final test (class folders only)",
+    "unfreeze_stages": "top EfficientNet stages unfrozen when fine-tuning",
+    "label_smoothing": "label smoothing of the loss",
+    "dropout": "dropout before the classifier",
+    "head_mode": "features (cache frozen features once, fit the head exactly) or images (Adam over images)",
+    "early_stopping_patience": "epochs without a better validation loss before a phase stops",
+    "threads": "augmentation threads",
+    "run_name": "a label for the run in the app",
+    "mixed_precision": "float16/bfloat16 compute",
+    "xla": "XLA compilation",
+}
+
+
+def train_help(key: str) -> str:
+    """'the side photos are resized to (pixels, 32 to 1024; default: the backbone's recipe size)'."""
+    from core.config import RULES, TrainConfig, _number
+
+    rule, default = RULES[key], getattr(TrainConfig(), key)
+    shown = rule.null if default is None and rule.null else default
+    facts = []
+    if rule.kind in ("int", "float") and rule.low is not None:
+        facts.append(f"{rule.unit + ', ' if rule.unit else ''}{_number(rule.low)} to {_number(rule.high)}")
+    elif rule.kind == "choice":
+        facts.append(" | ".join(str(c) for c in rule.choices))
+    facts.append(f"default: {shown if shown not in ('', None) else 'none'}")
+    return f"{TRAIN_HELP[key]} ({'; '.join(facts)})".replace("%", "%%")
+
+
 TRAIN_FLAGS = {  # flag -> (config key, type)
     "data": str, "backbone": str, "image_size": int, "batch_size": int, "head_epochs": int,
     "finetune_epochs": int, "head_lr": float, "finetune_lr": float, "seed": int, "val_fraction": float,
@@ -224,15 +265,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+MANUAL = """EfficientNet Studio from the command line: the same core as the app.
+
+The path of a dataset, in order:
+  inspect DATA        what is in a labelled folder (classes, counts, damaged files); exit 2 if it can't be trained
+  health DATA         likely wrong labels, near-duplicates, train/test leaks, outliers (one feature pass)
+  train --data DATA   fine-tune a pretrained backbone; prints the run folder (models/<run id>)
+  status RUN          a run's state as JSON
+  evaluate RUN        accuracy, confusion matrix, per-class scores, calibration (--data DIR: another folder)
+  predict RUN IMG...  top-k classes per photo as JSON
+  export RUN          Keras, SavedModel, TFLite (float32/16, int8) and ONNX, each checked against Keras
+  report RUN          one self-contained HTML report for people who will not open the app
+  doctor, bench       what training runs on here, and measurements (docs/benchmarks.md)
+
+`python -m core COMMAND --help` explains each command's options, with defaults and units."""
+
+EPILOG = """examples:
+  python -m core train --data ../shared/data/flowers-mini
+  python -m core evaluate models/run-20261130-120000-ab12 --data holdout/
+  python -m core report models/run-20261130-120000-ab12 --out report.html
+
+exit codes: 0 done; 1 bad input or a failed step (a one-line "error: ..." on stderr); 2 inspect: not
+trainable, report: nothing to report; 130 interrupted. JSON results go to stdout, messages to stderr."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="EfficientNet Studio from the command line.")
+    parser = argparse.ArgumentParser(prog="python -m core", description=MANUAL, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", help="folder holding run folders (default: ./models or $STUDIO_MODELS_DIR)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="fine-tune a backbone on a labelled image folder; prints the run folder")
     train.add_argument("--config", help="JSON config file (flags override its values)")
     for key, kind in TRAIN_FLAGS.items():
-        train.add_argument("--" + key.replace("_", "-"), dest=key, type=kind)
+        train.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, help=train_help(key))
     train.add_argument("--augmentation", help="preset (none|light|seed), a JSON file, or inline JSON")
     train.add_argument("--weights", help="imagenet (default) or none for random initialisation")
     train.add_argument("--no-class-weights", action="store_true", help="do not weight classes by frequency")
@@ -255,9 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="classify images with a run; prints JSON top-k per image")
-    predict.add_argument("run")
-    predict.add_argument("images", nargs="+")
-    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("run", help="run folder or run id")
+    predict.add_argument("images", nargs="+", help="photo files (JPEG, PNG, BMP, WebP)")
+    predict.add_argument("--top-k", type=int, default=5, help="classes listed per photo, most likely first "
+                         "(default 5)")
     predict.set_defaults(func=cmd_predict)
 
     inspect = sub.add_parser("inspect", help="report a dataset folder (or a .zip of one) as JSON; exit 2 if it "
@@ -299,7 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
     bench = sub.add_parser("bench", help="measure: loader | train | recipe throughput, scale (memory, disk, "
                                          "time per phase by dataset size), stop (seconds to stop in each phase)")
-    bench.add_argument("what", choices=["loader", "train", "recipe", "scale", "stop", "features", "health"])
+    bench.add_argument("what", choices=["loader", "train", "recipe", "scale", "stop", "features", "health"],
+                       help="loader: images/s per loader; train: steps/s per phase; recipe: this recipe against "
+                       "the tutorial's, accuracy and whole-run time; scale: memory, disk and time by dataset size; "
+                       "stop: seconds to stop in each phase; features: pooled stages by re-splits; health: the "
+                       "health check against one feature pass")
     bench.add_argument("--data", default=None, help="loader, recipe: the image folder; train: also measure fine-tune "
                                                      "steps fed by the real loader from it (real vs synthetic)")
     bench.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto",
@@ -308,14 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train: measure only the recipe's fine-tune steps (no frozen/unfrozen/inference rows)")
     bench.add_argument("--synthetic", action="store_true",
                        help="train: random tensors only (no decoding or augmentation), even with --data")
-    bench.add_argument("--image-size", type=int, default=224)
-    bench.add_argument("--batch-size", type=int, default=32)
-    bench.add_argument("--backbone", default="efficientnet_b0")
+    bench.add_argument("--image-size", type=int, default=224, help="loader, train: pixels per side (default 224)")
+    bench.add_argument("--batch-size", type=int, default=32, help="loader, train: images per step (default 32)")
+    bench.add_argument("--backbone", default="efficientnet_b0",
+                       help="train: the network whose steps are timed (default efficientnet_b0)")
     bench.add_argument("--weights", default="none", help="imagenet or none (throughput does not depend on it)")
     bench.add_argument("--epochs", type=int, default=2, help="loader: passes over the data per contender")
     bench.add_argument("--steps", type=int, default=8, help="train: timed steps per measurement")
     bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="recipe: seeds to average over")
-    bench.add_argument("--augmentation", default="seed")
+    bench.add_argument("--augmentation", default="seed",
+                       help="loader, train: augmentation preset (none|light|seed) or JSON (default seed)")
     bench.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="recipe: override a default setting for the measured variant (JSON values)")
     bench.add_argument("--recipe-backbone", default="efficientnet_lite0",

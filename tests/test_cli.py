@@ -275,3 +275,25 @@ def test_doctor_warns_when_the_driver_sees_a_gpu_that_training_does_not(tmp_path
     report = json.loads(result.stdout)
     assert report["gpus_seen_by_driver"] == [{"name": "NVIDIA H200", "memory_mb": 143771}]
     assert "trains on the CPU: install the GPU wheels" in result.stderr
+
+
+def test_every_command_and_option_has_a_help_line():
+    """`python -m core --help` reads like a short manual, and no option is left without a word of help."""
+    import argparse
+
+    from core.cli import build_parser
+
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    listed = {choice.dest for choice in commands._choices_actions}
+    assert listed == set(commands.choices)  # every sub-command has its one-line help
+    assert all(choice.help for choice in commands._choices_actions)
+    silent = [f"{name} {action.option_strings or action.dest}" for name, sub in commands.choices.items()
+              for action in sub._actions if not isinstance(action, argparse._HelpAction) and not action.help]
+    assert not silent, silent
+    manual = parser.format_help()
+    for name in commands.choices:
+        assert f"\n  {name}" in manual.split("positional arguments")[0] or name in ("doctor", "bench"), name
+    assert "exit codes:" in manual and "examples:" in manual
+    train_help = commands.choices["train"].format_help()
+    assert "default: 0.2" in train_help and "pixels, 32 to 1024" in train_help  # defaults and units from config

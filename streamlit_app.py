@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core import profile
+from core.serving import profile
 from pages._common import run_in_shell, sidebar
 
 st.set_page_config(page_title="EfficientNet Studio", page_icon=":material/local_florist:", layout="wide")

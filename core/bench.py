@@ -32,7 +32,7 @@ def machine_summary() -> dict[str, Any]:
 
 
 def _train_paths(data: str) -> tuple[list[Path], list[int], int]:
-    from core.datasets import scan, split_samples
+    from core.data.datasets import scan, split_samples
 
     dataset = scan(data)
     split = split_samples(dataset)
@@ -43,8 +43,8 @@ def _train_paths(data: str) -> tuple[list[Path], list[int], int]:
 # ----------------------------------------------------------------------------------------- loader
 def bench_loader(args: argparse.Namespace) -> dict[str, Any]:
     """Ours (decode once + threaded augmentation) vs the tutorial generator, alternating, best of 2 rounds."""
-    from core.augment import build_pipeline, resolve_spec
-    from core.loader import ImageBatches, decode_cache, default_threads, tutorial_generator
+    from core.data.augment import build_pipeline, resolve_spec
+    from core.data.loader import ImageBatches, decode_cache, default_threads, tutorial_generator
 
     paths, labels, num_classes = _train_paths(args.data)
     spec = resolve_spec(args.augmentation)
@@ -109,9 +109,9 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     """Train-step throughput of one backbone: frozen base, fine-tune recipe, fully unfrozen; and inference."""
     import keras
 
-    from core.backbones import create_backbone
-    from core.device import detect_device, precision_policy, use_xla
-    from core.model import base_of, build_classifier, set_finetune_trainable
+    from core.base.backbones import create_backbone
+    from core.network.device import detect_device, precision_policy, use_xla
+    from core.network.model import base_of, build_classifier, set_finetune_trainable
 
     device = detect_device()
     policy = precision_policy(args.mixed_precision, device)
@@ -159,9 +159,9 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
 def _end_to_end(model, args: argparse.Namespace, compile_for, device) -> dict[str, Any]:
     """Fine-tune steps fed from JPEG files with the augmentation recipe, through the trainer's loader settings:
     cold (decode included) and warm."""
-    from core.augment import build_pipeline, resolve_spec
-    from core.device import loader_workers
-    from core.loader import ImageBatches, decode_cache
+    from core.data.augment import build_pipeline, resolve_spec
+    from core.network.device import loader_workers
+    from core.data.loader import ImageBatches, decode_cache
 
     paths, labels, _ = _train_paths(args.data)
     count = args.batch_size * args.steps  # the same steps as the synthetic measurement
@@ -197,7 +197,7 @@ def _end_to_end(model, args: argparse.Namespace, compile_for, device) -> dict[st
 
 # ----------------------------------------------------------------------------------------- recipe
 def bench_recipe(args: argparse.Namespace) -> dict[str, Any]:
-    from core.recipes import compare_recipes
+    from core.training.recipes import compare_recipes
 
     overrides = {}
     for item in args.set or []:
@@ -212,16 +212,16 @@ def bench_recipe(args: argparse.Namespace) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------- features
 def bench_features(args: argparse.Namespace) -> dict[str, Any]:
-    """Which pooled stages and which head-fit protocol transfer best, over re-splits (core.featurestudy)."""
+    """Which pooled stages and which head-fit protocol transfer best, over re-splits (core.training.featurestudy)."""
     import tempfile
 
-    from core.backbones import get_backbone
-    from core.featurestudy import study
+    from core.base.backbones import get_backbone
+    from core.training.featurestudy import study
 
     backbone = args.recipe_backbone
     size = args.image_size_override or get_backbone(backbone).recipe_size
     work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "studio-features"
-    from core.featurestudy import CANDIDATES
+    from core.training.featurestudy import CANDIDATES
 
     unknown = [name for name in args.candidates or [] if name not in CANDIDATES]
     if unknown:
@@ -236,7 +236,7 @@ def bench_health(args: argparse.Namespace) -> dict[str, Any]:
     is twice that pass. Both measured inside one run, so the ratio holds whatever the machine's speed."""
     import tempfile
 
-    from core.health import health_report
+    from core.results.health import health_report
 
     with tempfile.TemporaryDirectory(prefix="studio-health-") as cache:
         report = health_report(args.data, backbone=args.recipe_backbone, image_size=args.image_size_override,
@@ -258,7 +258,7 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
     import shutil
     import tempfile
 
-    from core.synthetic import make_dataset
+    from core.data.synthetic import make_dataset
 
     sizes = args.sizes or [1000, 5000, 20000]
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="studio-scale-"))
@@ -285,8 +285,8 @@ def _scale_row(data: Path, size: int, models: Path, args: argparse.Namespace) ->
     import sys
     import tempfile
 
-    from core.imagecache import cache_size
-    from core.runs import RunDir
+    from core.data.imagecache import cache_size
+    from core.base.runs import RunDir
 
     command = [sys.executable, "-m", "core", "--models-dir", str(models), "train", "--data", str(data),
                *(args.train_args or [])]
@@ -321,7 +321,7 @@ def bench_stop(args: argparse.Namespace) -> dict[str, Any]:
     status is final is measured. A phase that ended before it was seen is reported as not caught."""
     import tempfile
 
-    from core.synthetic import make_dataset
+    from core.data.synthetic import make_dataset
 
     size = (args.sizes or [1000])[0]
     with tempfile.TemporaryDirectory(prefix="studio-stop-") as tmp:
@@ -336,7 +336,7 @@ def _stop_row(data: Path, phase: str, models: Path, args: argparse.Namespace) ->
     import subprocess
     import sys
 
-    from core.runs import FINAL_STATES, RunDir
+    from core.base.runs import FINAL_STATES, RunDir
 
     run = RunDir(models / "stop-run")
     run.path.mkdir(parents=True)

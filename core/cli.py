@@ -41,7 +41,7 @@ def _load_augmentation(value: str) -> Any:
 
 
 # What each train flag sets, in words; train_help() adds the default from TrainConfig and the allowed range and
-# unit from core.config.RULES, so the help can never disagree with what the config accepts.
+# unit from core.base.config.RULES, so the help can never disagree with what the config accepts.
 TRAIN_HELP = {
     "data": "the labelled image folder: one sub-folder per class, or train/ (val/ test/) holding them; or a .zip",
     "backbone": "the pretrained network (efficientnet_lite0|lite1|lite2, efficientnet_b0..b7, efficientnet_v2_*)",
@@ -68,7 +68,7 @@ TRAIN_HELP = {
 
 def train_help(key: str) -> str:
     """'the side photos are resized to (pixels, 32 to 1024; default: the backbone's recipe size)'."""
-    from core.config import RULES, TrainConfig, _number
+    from core.base.config import RULES, TrainConfig, _number
 
     rule, default = RULES[key], getattr(TrainConfig(), key)
     shown = rule.null if default is None and rule.null else default
@@ -95,8 +95,8 @@ OVERRIDES_HELP = ("the cleaning loop's corrections: auto (default: DATA.override
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from core.config import TrainConfig, read_config_file
-    from core.runs import RunDir, check_run_id
+    from core.base.config import TrainConfig, read_config_file
+    from core.base.runs import RunDir, check_run_id
 
     # The file's values and the flags are checked together, once (TrainConfig.from_dict below), so a flag can fix
     # a value of the file and nothing is created before every setting has passed.
@@ -123,12 +123,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if isinstance(values.get("data"), str) and values["data"].lower().endswith(".zip"):
         values["data"] = str(_unpacked(values["data"]))
     config = TrainConfig.from_dict(values)
-    from core.augment import resolve_spec
+    from core.data.augment import resolve_spec
 
-    from core.augment import check_output_size
+    from core.data.augment import check_output_size
 
     check_output_size(resolve_spec(config.augmentation), config.resolved_image_size)  # before anything is created
-    from core.train import run_training
+    from core.training.train import run_training
 
     run = RunDir(Path(args.models_dir or _models_dir()) / args.run_id) if args.run_id else None
     if run is not None:
@@ -142,8 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _unpacked(data: str | Path) -> Path:
-    """--data may be a .zip: unpacked with the upload's checks (core.ingest.dataset_folder), said on stderr."""
-    from core.ingest import dataset_folder
+    """--data may be a .zip: unpacked with the upload's checks (core.data.ingest.dataset_folder), said on stderr."""
+    from core.data.ingest import dataset_folder
 
     folder = dataset_folder(data)
     if folder != Path(data):
@@ -152,22 +152,22 @@ def _unpacked(data: str | Path) -> Path:
 
 
 def _models_dir() -> Path:
-    from core.runs import default_models_dir
+    from core.base.runs import default_models_dir
 
     return default_models_dir()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from core.evaluate import evaluate_run
-    from core.runs import RunDir
+    from core.results.evaluate import evaluate_run
+    from core.base.runs import RunDir
 
     _print_json(evaluate_run(RunDir.open(args.run, args.models_dir), data=args.data, split=args.split))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from core.predict import Classifier
-    from core.runs import RunDir
+    from core.serving.predict import Classifier
+    from core.base.runs import RunDir
 
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
@@ -178,7 +178,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from core.datasets import scan
+    from core.data.datasets import scan
 
     report = scan(_unpacked(args.data)).report
     _print_json(report.to_dict())
@@ -189,8 +189,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from core.export import export_run, make_demo_bundle
-    from core.runs import RunDir
+    from core.serving.export import export_run, make_demo_bundle
+    from core.base.runs import RunDir
 
     run = RunDir.open(args.run, args.models_dir)
     result = export_run(run, args.format or ["all"], data_root=args.data,
@@ -207,8 +207,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from core.jobs import run_view
-    from core.runs import RunDir
+    from core.training.jobs import run_view
+    from core.base.runs import RunDir
 
     run = RunDir.open(args.run, args.models_dir)
     view = run_view(run)  # the same reading of the run as the app's pages
@@ -219,7 +219,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from core.device import doctor
+    from core.network.device import doctor
 
     report = doctor(args.seconds)
     _print_json(report)
@@ -235,7 +235,7 @@ def _overrides_setting(text: str) -> str | None:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from core.health import health_report
+    from core.results.health import health_report
 
     _print_json(health_report(_unpacked(args.data), backbone=args.backbone, image_size=args.image_size,
                               cache_dir=args.cache_dir, overrides=_overrides_setting(args.overrides)))
@@ -243,9 +243,9 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """The stakeholder report (core.report); bad input exits 2 with the run or file named, as the issue asks."""
-    from core.report import default_report_name, write_report
-    from core.runs import RunDir
+    """The stakeholder report (core.serving.report); bad input exits 2 with the run or file named, as the issue asks."""
+    from core.serving.report import default_report_name, write_report
+    from core.base.runs import RunDir
 
     try:
         run = RunDir.open(args.run, args.models_dir)

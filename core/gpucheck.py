@@ -89,7 +89,7 @@ def _run_summary(trained: dict[str, Any] | None) -> dict[str, Any]:
     """Accuracy, split and settings of the run `train` printed the folder of."""
     if not trained or not trained.get("stdout"):
         return {}
-    from core.runs import RunDir
+    from core.base.runs import RunDir
 
     run = RunDir(trained["stdout"][0])
     evaluation = run.read_evaluation() or {}

@@ -1,5 +1,5 @@
 """The Data page's camera (Teachable Machine's way of collecting data): a new dataset from typed class names, then
-one click per photo into the chosen class (core.camera), with counts, the last few photos and an undo.
+one click per photo into the chosen class (core.data.camera), with counts, the last few photos and an undo.
 
 The camera is on only while the person asks for it (a toggle), so the Data page never lights a camera by itself.
 After each photo the widget gets a new key: Streamlit draws a fresh camera, ready for the next click, instead of
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import StudioError, samples
-from core.camera import add_photo, check_class_name, new_camera_dataset, photo_counts, photo_folder, remove_photo
-from core.datasets import resolve_root
-from core.previews import thumbnail
-from core.safetext import markdown_literal, shorten
+from core import StudioError
+from core.data import samples
+from core.data.camera import add_photo, check_class_name, new_camera_dataset, photo_counts, photo_folder, remove_photo
+from core.data.datasets import resolve_root
+from core.data.previews import thumbnail
+from core.base.safetext import markdown_literal, shorten
 from pages._common import current_workspace, set_current_dataset
 
 CAMERA_ON = "camera_on"              # the toggle: the camera is drawn (and asks for the device) only while on
@@ -25,7 +26,7 @@ SHOT = "camera_shot"                 # a counter in the camera widget's key; a n
 TAKEN = "camera_taken"               # [(dataset root, photo path, class)] this session took, oldest first
 MESSAGE = "camera_message"           # what the last photo or undo did (or why it was refused), shown once
 CLASS_KEY = "camera_class"           # the chosen class, or NEW_CLASS
-NEW_CLASS = ""                       # the menu's "New class…" entry: no class can be named "" (core.camera)
+NEW_CLASS = ""                       # the menu's "New class…" entry: no class can be named "" (core.data.camera)
 NEW_CLASS_KEY = "camera_new_class"   # the typed name of a new class
 SAVED_IDS = "camera_saved_ids"      # upload ids of the last photos saved: a photo sent twice is saved once
 MAX_TAKEN = 200                      # photos remembered for the thumbnails and undo (per session)
@@ -177,7 +178,7 @@ def _save(root: str, class_name: str | None, key: str) -> None:
 
 
 def _undo(root: str) -> None:
-    """Delete the last photo taken into this dataset that is still there (only a camera photo core.camera made)."""
+    """Delete the last photo taken into this dataset that is still there (only a camera photo core.data.camera made)."""
     taken = st.session_state.get(TAKEN, [])
     for index in reversed([i for i, (r, _, _) in enumerate(taken) if r == root]):
         _, path, class_name = taken.pop(index)

@@ -1,4 +1,4 @@
-"""The cleaning loop's buttons (core.overrides): relabel, exclude or undo one photo, from wherever it is shown.
+"""The cleaning loop's buttons (core.data.overrides): relabel, exclude or undo one photo, from wherever it is shown.
 
 The Data page's health list and the Evaluate page's mistakes call `correction_controls` under each photo. A click
 writes one entry to the dataset's overrides file (the photos themselves never move) and the page redraws with it.
@@ -12,8 +12,8 @@ from pathlib import Path
 import streamlit as st
 
 from core import StudioError
-from core.overrides import Override, exclude, read_overrides, relabel, undo
-from core.safetext import markdown_literal
+from core.data.overrides import Override, exclude, read_overrides, relabel, undo
+from core.base.safetext import markdown_literal
 from pages._common import allowed_dataset, load_dataset, overrides_file
 
 MESSAGE_KEY = "correction_message"  # what the last click did (or why it was refused), shown once after the rerun

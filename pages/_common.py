@@ -9,16 +9,19 @@ from typing import Any, Iterable
 import streamlit as st
 
 from core import StudioError
-from core import device as core_device
-from core import jobs, profile, samples
-from core.datasets import Dataset, scan
-from core.images import ImageError
-from core.overrides import Applied, apply_overrides, file_beside, file_in_store
-from core.ingest import fingerprint
-from core.runs import RunDir, list_runs
-from core.safetext import markdown_literal
-from core.workspace import (SESSIONS, Workspace, is_plain_name, new_session_id, remove_idle_workspaces,
-                            shared_workspace, valid_session_id, workspace_dir)
+from core.network import device as core_device
+from core.training import jobs
+from core.serving import profile
+from core.data import samples
+from core.data.datasets import Dataset, scan
+from core.data.images import ImageError
+from core.data.overrides import Applied, apply_overrides, file_beside, file_in_store
+from core.data.ingest import fingerprint
+from core.base.runs import RunDir, list_runs
+from core.base.safetext import markdown_literal
+from core.base.workspace import (SESSIONS, Workspace, is_plain_name, new_session_id, shared_workspace,
+                                 valid_session_id, workspace_dir)
+from core.upkeep import remove_idle_workspaces
 
 RUN_PARAM = "run"  # ?run=<id> in the address bar reattaches a reload or a second tab to a run
 DEMO_PARAM = "demo"  # ?demo=<bundle file name>: the demo bundle Evaluate/Classify show, kept across reloads
@@ -119,7 +122,7 @@ def scan_cached(path: str, signature: str) -> Dataset:
 
 def load_dataset(path: Path | str) -> Dataset:
     """The scanned dataset at `path` (cached until its files change), with this workspace's corrections applied
-    (core.overrides: relabelled photos under their new class, excluded ones left out)."""
+    (core.data.overrides: relabelled photos under their new class, excluded ones left out)."""
     return load_dataset_and_corrections(path)[0]
 
 
@@ -130,7 +133,7 @@ def load_dataset_plain(path: Path | str) -> Dataset:
 
 def load_dataset_and_corrections(path: Path | str) -> tuple[Dataset, Applied]:
     """The corrected dataset and what the corrections did (counts, and entries that no longer match a photo).
-    A damaged overrides file is a StudioError naming it (core.overrides.read_overrides)."""
+    A damaged overrides file is a StudioError naming it (core.data.overrides.read_overrides)."""
     dataset = load_dataset_plain(path)
     return apply_overrides(dataset, overrides_file(dataset.root))
 
@@ -148,14 +151,14 @@ def overrides_file(root: Path | str) -> Path:
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
 def classifier_cached(run_path: str, model_stamp: float):
     """A loaded Classifier for a run; `model_stamp` (the model file's mtime) reloads a newer best model."""
-    from core.predict import Classifier
+    from core.serving.predict import Classifier
 
     return Classifier(RunDir(run_path))
 
 
 def load_classifier(run: RunDir):
     """The run's classifier (only a run of this workspace; Keras safe mode), kept while its model is unchanged."""
-    from core.runs import MODEL
+    from core.base.runs import MODEL
 
     if not current_workspace(sync_address=False).contains(run.path):
         raise StudioError(f"Run {run.run_id} is not in this workspace.")
@@ -165,7 +168,7 @@ def load_classifier(run: RunDir):
 @st.cache_resource(show_spinner="Loading the demo bundle…", max_entries=4)
 def bundle_cached(path: str, stamp: tuple[float, int]):
     """A checked, loaded demo bundle (LiteRT/ONNX, no TensorFlow); `stamp` (mtime, size) reloads a replaced one."""
-    from core.bundle import load_demo_bundle
+    from core.serving.bundle import load_demo_bundle
 
     return load_demo_bundle(path)
 
@@ -247,7 +250,7 @@ class ModelChoice:
     label: str
     run: RunDir | None = None
     bundle_path: Path | None = None
-    usable: bool = True  # may be preselected: a demo bundle, or a run whose model core.jobs.model_verdict accepts
+    usable: bool = True  # may be preselected: a demo bundle, or a run whose model core.training.jobs.model_verdict accepts
 
     @property
     def name(self) -> str:
@@ -314,11 +317,11 @@ def pick_model(label: str, key: str) -> ModelChoice | None:
 
 def literal_names(message: str, names: Iterable[str], folders: Iterable[Path] = ()) -> str:
     """A sentence from core, for st.error/st.markdown, with each visitor-given name in it (class, file, run)
-    escaped by core.safetext.markdown_literal, so a name reads as written and never as a link, bold or math;
+    escaped by core.base.safetext.markdown_literal, so a name reads as written and never as a link, bold or math;
     each of `folders` (a dataset root) is named by its folder name, not by its path on the server."""
     import re
 
-    from core.safetext import markdown_literal, plain
+    from core.base.safetext import markdown_literal, plain
 
     message = plain(message)
     folders = [Path(f) for f in folders if Path(f).name]  # "/" would name nothing
@@ -377,7 +380,7 @@ def sidebar(live_progress: bool = True) -> None:
 
 
 def training_status(live_progress: bool = True) -> None:
-    """The sidebar's run line, from core.jobs.run_view like the Train page; it polls while a run is active
+    """The sidebar's run line, from core.training.jobs.run_view like the Train page; it polls while a run is active
     (except on the Train page, which shows that run's progress itself and redraws everything when it ends)."""
     active = jobs.active_run(current_workspace(sync_address=False).runs_dir())
     if active is not None and live_progress:

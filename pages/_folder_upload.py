@@ -1,7 +1,7 @@
 """The folder picker on the Data page: a small component (pages/_folder_upload/) that packs the picked folder
 into one .zip in the browser, and the hidden single-file uploader it hands that archive to.
 
-Streamlit only here; unpacking the archive and accounting for every picked file are in core.upload_manifest.
+Streamlit only here; unpacking the archive and accounting for every picked file are in core.data.upload_manifest.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Evaluate page's "Stakeholder report" section: build a run's report (core.report), then offer it as a file."""
+"""The Evaluate page's "Stakeholder report" section: build a run's report (core.serving.report), then offer it as a file."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import streamlit as st
 
 from core import StudioError
-from core.report import build_in_own_process, default_report_name
-from core.runs import RunDir
+from core.serving.report import build_in_own_process, default_report_name
+from core.base.runs import RunDir
 from pages._common import show_error
 
 # The last report built in this browser session: (run id, file name, HTML bytes). Kept so the download button

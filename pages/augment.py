@@ -5,8 +5,8 @@ import json
 import streamlit as st
 
 from core import StudioError
-from core.images import ImageError, read_image, resize_for_model
-from core.previews import EDITABLE_TRANSFORMS, augmented_copies, editable_state, preview_images, spec_from_editor
+from core.data.images import ImageError, read_image, resize_for_model
+from core.data.previews import EDITABLE_TRANSFORMS, augmented_copies, editable_state, preview_images, spec_from_editor
 from pages._common import (current_augmentation, current_workspace, ensure_app_shell, literal_names, need_dataset,
                            require_train_profile)
 
@@ -27,14 +27,14 @@ def model_sized(path: str) -> object:
 @st.cache_data(max_entries=64, show_spinner=False)
 def preview_copies(path: str, spec_json: str, seed: int) -> list:
     """Augmented copies of one preview image, cached: revisiting the page or re-running it with the same spec
-    and seed costs nothing (the spec's size is bounded by core.augment.check_bounds)."""
+    and seed costs nothing (the spec's size is bounded by core.data.augment.check_bounds)."""
     image = model_sized(path)
     return augmented_copies(image, json.loads(spec_json), COPIES, seed=seed) if image is not None else []
 
 
 def spec_texts(spec: object, depth: int = 0) -> list[str]:
     """Every text in a spec (transform and parameter names, values), so an error quoting one shows it as written;
-    a few levels are enough (core.augment refuses deeper specs) and keep a hostile nesting from recursing."""
+    a few levels are enough (core.data.augment refuses deeper specs) and keep a hostile nesting from recursing."""
     if isinstance(spec, str):
         return [spec]
     if depth > 6:
@@ -112,7 +112,7 @@ ensure_app_shell()
 st.title("Augment")
 require_train_profile("Previewing augmentations")
 # albumentations exists only in the train profile, so it is imported after the check above.
-from core.augment import PRESETS, describe_spec, resolve_spec  # noqa: E402
+from core.data.augment import PRESETS, describe_spec, resolve_spec  # noqa: E402
 
 st.markdown("Augmentation shows the model slightly changed copies of each training image, so it learns the "
             "flower, not the photo. The spec chosen here is what training uses and is saved in the run.")

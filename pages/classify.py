@@ -1,7 +1,7 @@
 """Classify: photos (uploaded or from the camera) -> top-k classes and where the model looked.
 
 A workspace run classifies with its Keras model (heatmaps included); a demo bundle with LiteRT/ONNX Runtime through
-core.bundle.BundleClassifier, whose preprocessing is core.predict.Classifier's own, so the answers are the same.
+core.serving.bundle.BundleClassifier, whose preprocessing is core.serving.predict.Classifier's own, so the answers are the same.
 """
 
 import re
@@ -10,13 +10,14 @@ import time
 import pandas as pd
 import streamlit as st
 
-from core import StudioError, charts
-from core.cam import heatmap_for
-from core.images import IMAGE_EXTENSIONS
-from core.predict import (MAX_PHOTOS_PER_BATCH, NamedPhoto, decode_uploads, is_unknown, result_rows, results_csv,
+from core import StudioError
+from core.results import charts
+from core.results.cam import heatmap_for
+from core.data.images import IMAGE_EXTENSIONS
+from core.serving.predict import (MAX_PHOTOS_PER_BATCH, NamedPhoto, decode_uploads, is_unknown, result_rows, results_csv,
                           unknown_reason)
-from core.runs import RunDamaged
-from core.safetext import markdown_literal, plain
+from core.base.runs import RunDamaged
+from core.base.safetext import markdown_literal, plain
 from pages._common import ensure_app_shell, load_bundle, load_classifier, no_model_message, pick_model, show_error
 
 IMAGE_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]

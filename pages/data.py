@@ -6,13 +6,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import StudioError, charts, samples
-from core.datasets import split_samples
-from core.images import MAX_IMAGE_PIXELS
-from core.ingest import ingest_zip, list_datasets, upload_limits
-from core.previews import examples_per_class, thumbnail
-from core.safetext import csv_cell, markdown_literal, shorten
-from core.upload_manifest import UploadAccount, account_upload, ingest_folder_archive
+from core import StudioError
+from core.results import charts
+from core.data import samples
+from core.data.datasets import split_samples
+from core.data.images import MAX_IMAGE_PIXELS
+from core.data.ingest import ingest_zip, list_datasets, upload_limits
+from core.data.previews import examples_per_class, thumbnail
+from core.base.safetext import csv_cell, markdown_literal, shorten
+from core.data.upload_manifest import UploadAccount, account_upload, ingest_folder_archive
 from pages._camera import camera_section, camera_tab
 from pages._cleaning import correction_controls, show_last_correction
 from pages._common import (current_dataset_path, current_workspace, ensure_app_shell, literal_names, load_dataset,
@@ -220,10 +222,10 @@ def damaged_corrections(path) -> None:
 
 
 def health_section(dataset) -> None:
-    """Data health (core.health): suspect labels, near-duplicates and leaks, imbalance, outliers, odd shapes."""
-    from core.health import check_in_own_process, load_saved_report
-    from core.imagecache import default_cache_dir
-    from core.workspace import hosted_mode
+    """Data health (core.results.health): suspect labels, near-duplicates and leaks, imbalance, outliers, odd shapes."""
+    from core.results.health import check_in_own_process, load_saved_report
+    from core.data.imagecache import default_cache_dir
+    from core.base.workspace import hosted_mode
 
     st.markdown("**Data health**")
     cache = default_cache_dir(current_workspace(sync_address=False).runs_dir())
@@ -314,7 +316,7 @@ def groups_with_controls(groups: list[dict], dataset) -> None:
 
 def split_table(dataset) -> None:
     """How training will split the images, per class."""
-    from core.datasets import describe_split
+    from core.data.datasets import describe_split
 
     st.markdown("**The split training will use**")
     sentence = st.empty()  # above the slider, but worded with the share the slider returns
@@ -383,7 +385,7 @@ def problem_lists(report, root) -> None:
 
 
 def cells(rows: list, root) -> pd.DataFrame:
-    """File names and reasons for st.dataframe, each text through core.safetext.csv_cell: bidi controls dropped
+    """File names and reasons for st.dataframe, each text through core.base.safetext.csv_cell: bidi controls dropped
     (no 'gpj.exe' posing as '.jpg'), the table's CSV download safe to open in a spreadsheet, and the dataset's
     folder on the server named by its folder name only."""
     def cell(value):

@@ -6,11 +6,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import StudioError, charts, jobs, profile
-from core.metrics import cell_photos, mistake_count
-from core.previews import mistakes_with_images, thumbnail
-from core.runs import RUN_ID, RunDamaged, evaluation_problem
-from core.safetext import csv_cell, markdown_literal, shorten
+from core import StudioError
+from core.results import charts
+from core.training import jobs
+from core.serving import profile
+from core.results.metrics import cell_photos, mistake_count
+from core.data.previews import mistakes_with_images, thumbnail
+from core.base.runs import RUN_ID, RunDamaged, evaluation_problem
+from core.base.safetext import csv_cell, markdown_literal, shorten
 from pages._report import report_download
 from pages._common import (current_workspace, ensure_app_shell, literal_names, load_bundle, no_model_message,
                            pick_model, runs, show_error)
@@ -33,7 +36,7 @@ def id_text(value: object) -> str:
 
 
 def cells(rows: list[dict]) -> pd.DataFrame:
-    """Rows for st.dataframe, every text cell through core.safetext.csv_cell (the table's CSV download is
+    """Rows for st.dataframe, every text cell through core.base.safetext.csv_cell (the table's CSV download is
     opened in spreadsheets; bidi controls are dropped too)."""
     return pd.DataFrame([{key: csv_cell(value) for key, value in row.items()} for row in rows])
 
@@ -194,7 +197,7 @@ def calibration_section(evaluation: dict, run=None) -> None:
 
 def unknown_threshold_note(run) -> None:
     """What Classify does with low-confidence photos of this run, or a button to choose its threshold."""
-    from core.predict import unknown_reason
+    from core.serving.predict import unknown_reason
 
     try:
         calibration = run.read_calibration()
@@ -215,7 +218,7 @@ def unknown_threshold_note(run) -> None:
         return
     st.caption('This run has no "unknown" threshold for Classify yet: it can be chosen on its validation photos.')
     if st.button("Choose the \"unknown\" threshold", key="calibrate_run", disabled=jobs.run_view(run).active):
-        from core.evaluate import calibrate_run
+        from core.results.evaluate import calibrate_run
 
         try:
             with st.spinner("Scoring the validation photos…"):
@@ -226,7 +229,7 @@ def unknown_threshold_note(run) -> None:
         st.rerun()
 
 
-MISTAKE_PICTURES = 18  # three rows of six; a demo bundle carries thumbnails for as many (core.export)
+MISTAKE_PICTURES = 18  # three rows of six; a demo bundle carries thumbnails for as many (core.serving.export)
 
 
 def mistakes(evaluation: dict, editable: bool = False) -> None:
@@ -322,7 +325,7 @@ def single_run() -> None:
         st.info(f"This run is {view.state} and its evaluation cannot be read; Evaluate now writes a new one."
                 if damaged else f"This run is {view.state} and has no evaluation yet.")
         if st.button("Evaluate now", disabled=view.active):
-            from core.evaluate import evaluate_run
+            from core.results.evaluate import evaluate_run
 
             try:
                 with st.spinner("Evaluating…"):
@@ -385,11 +388,11 @@ def test_folder_section(run, busy: bool) -> None:
     if busy:
         st.caption("The run is still training; evaluate it when it has finished.")
         return
-    from core.ingest import list_datasets, upload_limits
+    from core.data.ingest import list_datasets, upload_limits
 
     folder_tab, zip_tab, earlier_tab = st.tabs(["Upload a folder", "Upload a .zip", "A dataset of this workspace"])
     workspace = current_workspace()
-    limits = upload_limits()  # the Data page's: an upload here is unpacked by the same core.ingest checks
+    limits = upload_limits()  # the Data page's: an upload here is unpacked by the same core.data.ingest checks
     with folder_tab:
         from pages._folder_upload import folder_picker, forget
 
@@ -406,7 +409,7 @@ def test_folder_section(run, busy: bool) -> None:
         st.session_state.pop(TEST_FOLDER_ERROR_KEY, None)
         limits_caption(limits)
         if upload is not None:
-            from core.upload_manifest import ingest_folder_archive
+            from core.data.upload_manifest import ingest_folder_archive
 
             before = set(list_datasets(workspace.datasets_dir()))
             try:
@@ -426,7 +429,7 @@ def test_folder_section(run, busy: bool) -> None:
         upload = st.file_uploader("Choose a .zip of the test folder", type=["zip"], key="test_zip")
         limits_caption(limits)
         if upload is not None and st.session_state.get(EVALUATED_UPLOAD_KEY) != upload.file_id:
-            from core.ingest import ingest_zip
+            from core.data.ingest import ingest_zip
 
             before = set(list_datasets(workspace.datasets_dir()))
             try:
@@ -468,7 +471,7 @@ def limits_caption(limits) -> None:
 def evaluate_on(run, folder: Path, title: str) -> str | None:
     """Score every photo of `folder` with the run's model (a progress bar meanwhile) and save it as a named
     evaluation, to be shown next; or the sentence saying why not (e.g. a class the run does not know)."""
-    from core.evaluate import evaluate_run
+    from core.results.evaluate import evaluate_run
 
     bar = st.progress(0.0, text="Reading the photos…")
 
@@ -531,8 +534,8 @@ def parity_table(parity: dict, title: str) -> None:
 
 def export_section(run) -> None:
     """Export the run to the chosen formats (each checked for parity), pack a demo bundle and offer its .zip."""
-    from core.bundle import DEFAULT_RUNTIME_FORMAT
-    from core.export import BUNDLES, FORMATS, exports_dir, read_parity
+    from core.serving.bundle import DEFAULT_RUNTIME_FORMAT
+    from core.serving.export import BUNDLES, FORMATS, exports_dir, read_parity
 
     st.subheader("Export")
     st.caption("Every export is checked against the Keras model on held-out images: the validation split, else the "
@@ -557,8 +560,8 @@ def export_section(run) -> None:
 
 def run_export(run, formats: list[str]) -> None:
     """export_run with a progress bar, then make_demo_bundle in the first serve-able format chosen."""
-    from core.bundle import DEFAULT_RUNTIME_FORMAT
-    from core.export import FORMATS, export_run, make_demo_bundle
+    from core.serving.bundle import DEFAULT_RUNTIME_FORMAT
+    from core.serving.export import FORMATS, export_run, make_demo_bundle
 
     bundle_format = next((f for f in formats if FORMATS[f].serve), DEFAULT_RUNTIME_FORMAT)
     steps, done = len(formats) + 2, [0]  # decoding the images, each format, the bundle
@@ -593,7 +596,7 @@ def settings_row(run, epochs: list[dict]) -> dict:
     best = charts.best_epoch(epochs) or {}
     spec = config.get("augmentation")
     if isinstance(spec, list):
-        from core.augment import describe_spec  # albumentations: compare() runs only in the train profile
+        from core.data.augment import describe_spec  # albumentations: compare() runs only in the train profile
 
         try:
             spec = describe_spec(spec)
@@ -620,7 +623,7 @@ def compare() -> None:
         st.caption("Train a second run to compare runs here.")
         return
     ids = [r.run_id for r in everything]
-    # Preselected: the newest runs with a usable model (core.jobs.model_verdict); others can still be added.
+    # Preselected: the newest runs with a usable model (core.training.jobs.model_verdict); others can still be added.
     usable = [r.run_id for r in everything if jobs.run_view(r).model.usable]
     chosen = st.multiselect("Runs to compare", ids, default=usable[:3], key="compare_runs")
     picked = [r for r in everything if r.run_id in chosen]

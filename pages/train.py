@@ -4,14 +4,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import StudioError, charts, jobs
-from core.backbones import BACKBONES, DEFAULT_BACKBONE
-from core.config import TrainConfig
-from core.hosting import training_limits
-from core.imagecache import cache_size, clear as clear_cache, default_cache_dir
-from core.runs import RunDamaged, RunDir
-from core.safetext import markdown_literal
-from core.workspace import workspace_dir
+from core import StudioError
+from core.results import charts
+from core.training import jobs
+from core.base.backbones import BACKBONES, DEFAULT_BACKBONE
+from core.base.config import TrainConfig
+from core.training.hosting import training_limits
+from core.data.imagecache import cache_size, clear as clear_cache, default_cache_dir
+from core.base.runs import RunDamaged, RunDir
+from core.base.safetext import markdown_literal
+from core.base.workspace import workspace_dir
 from pages._common import (current_augmentation, current_workspace, device_info, ensure_app_shell, literal_names,
                            need_dataset, overrides_file, remember_run, require_train_profile, selected_run_id,
                            show_error)
@@ -142,7 +144,7 @@ def damage_notes(run: RunDir, view: jobs.RunView, metrics_note: str | None) -> N
 
 
 def render_run(run_id: str) -> None:
-    """Status, progress, Stop, error text and curves of one run, read from its folder (core.jobs.run_view)."""
+    """Status, progress, Stop, error text and curves of one run, read from its folder (core.training.jobs.run_view)."""
     run = current_workspace(sync_address=False).run(run_id)
     if run is None:
         st.warning(f"Run {run_id} is not in this workspace.")
@@ -243,7 +245,7 @@ ensure_app_shell()
 st.title("Train")
 require_train_profile("Training")
 # albumentations exists only in the train profile, so it is imported after the check above.
-from core.augment import describe_spec, resolve_spec  # noqa: E402
+from core.data.augment import describe_spec, resolve_spec  # noqa: E402
 
 dataset = need_dataset()
 active = jobs.active_run(current_workspace().runs_dir())

@@ -3,8 +3,9 @@
 import streamlit as st
 
 from core import StudioError
-from core.safetext import markdown_literal
-from core.workspace import delete_holding, holdings, hosted_mode, idle_seconds_allowed, visitor_quota_bytes
+from core.base.safetext import markdown_literal
+from core.base.workspace import hosted_mode, idle_seconds_allowed, visitor_quota_bytes
+from core.upkeep import delete_holding, holdings
 from pages._common import current_workspace, ensure_app_shell, show_error
 
 KIND_ICONS = {"dataset": ":material/folder:", "run": ":material/model_training:"}

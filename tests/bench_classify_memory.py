@@ -4,9 +4,9 @@ budgeted one, each in a fresh interpreter, side by side.
     .venv/bin/python -m tests.bench_classify_memory                   # decoding and resizing only, no model
     .venv/bin/python -m tests.bench_classify_memory --run models/RUN  # plus a real model: classify and heatmaps
 
-old: what pages/classify.py did before: every upload decoded at full size (core.images.decode_image) and kept, the
+old: what pages/classify.py did before: every upload decoded at full size (core.data.images.decode_image) and kept, the
      model fed `classify_arrays` (which resizes), heatmaps computed on and overlaid over the full-size photo.
-new: core.predict.decode_uploads: each JPEG decoded at reduced DCT scale straight to the model's size plus a 384 px
+new: core.serving.predict.decode_uploads: each JPEG decoded at reduced DCT scale straight to the model's size plus a 384 px
      preview, heatmaps from the model-size input.
 Peak RSS is each child's own VmHWM; Streamlit's own encoding of the shown images is not included.
 """
@@ -48,14 +48,14 @@ def child(how: str, photos: list[Path], run: str | None, size: int) -> dict:
     """One measurement in this (fresh) process: the baseline after imports and model load, then the peak."""
     import numpy as np
 
-    from core.images import decode_image, resize_for_model
-    from core.predict import decode_uploads
+    from core.data.images import decode_image, resize_for_model
+    from core.serving.predict import decode_uploads
 
     classifier = None
     if run:
-        from core.cam import heatmap_for
-        from core.predict import Classifier
-        from core.runs import RunDir
+        from core.results.cam import heatmap_for
+        from core.serving.predict import Classifier
+        from core.base.runs import RunDir
 
         classifier = Classifier(RunDir(run))
         size = classifier.image_size

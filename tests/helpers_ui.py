@@ -41,7 +41,7 @@ def require(condition: bool, reason: str) -> None:
 
 def flowers_mini() -> Path | None:
     """The offline sample, where the app itself looks for it."""
-    from core.samples import flowers_mini_dir
+    from core.data.samples import flowers_mini_dir
 
     return flowers_mini_dir()
 

@@ -88,7 +88,7 @@ send("streamlit:componentReady", { apiVersion: 1 });
 // ------------------------------------------------------------------------------------------ words
 function count(n) { return n.toLocaleString("en-US"); }
 
-function size(bytes) {  // as the server words it (core.ingest._size)
+function size(bytes) {  // as the server words it (core.data.ingest._size)
   return bytes >= 1024 ** 3 ? `${(bytes / 1024 ** 3).toFixed(1)} GB` : `${Math.round(bytes / 1024 ** 2)} MB`;
 }
 

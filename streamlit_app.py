@@ -3,7 +3,8 @@
 import streamlit as st
 
 from core.serving import profile
-from pages._common import run_in_shell, sidebar
+from pages._session import run_in_shell
+from pages._sidebar import sidebar
 
 st.set_page_config(page_title="EfficientNet Studio", page_icon=":material/local_florist:", layout="wide")
 

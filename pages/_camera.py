@@ -18,7 +18,7 @@ from core.data.camera import add_photo, check_class_name, new_camera_dataset, ph
 from core.data.datasets import resolve_root
 from core.data.previews import thumbnail
 from core.base.safetext import markdown_literal, shorten
-from pages._common import current_workspace, set_current_dataset
+from pages._session import current_workspace, set_current_dataset
 
 CAMERA_ON = "camera_on"              # the toggle: the camera is drawn (and asks for the device) only while on
 OPEN_NEXT = "camera_open_next"       # a dataset was just made from the Camera tab: open the camera once

@@ -14,7 +14,8 @@ import streamlit as st
 from core import StudioError
 from core.data.overrides import Override, exclude, read_overrides, relabel, undo
 from core.base.safetext import markdown_literal
-from pages._common import allowed_dataset, load_dataset, overrides_file
+from pages._loaders import load_dataset, overrides_file
+from pages._session import allowed_dataset
 
 MESSAGE_KEY = "correction_message"  # what the last click did (or why it was refused), shown once after the rerun
 

@@ -7,8 +7,9 @@ import streamlit as st
 from core import StudioError
 from core.data.images import ImageError, read_image, resize_for_model
 from core.data.previews import EDITABLE_TRANSFORMS, augmented_copies, editable_state, preview_images, spec_from_editor
-from pages._common import (current_augmentation, current_workspace, ensure_app_shell, literal_names, need_dataset,
-                           require_train_profile)
+from pages._common import literal_names, require_train_profile
+from pages._loaders import need_dataset
+from pages._session import current_augmentation, current_workspace, ensure_app_shell
 
 PREVIEW_SIZE = 224
 COPIES = 5

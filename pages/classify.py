@@ -18,7 +18,10 @@ from core.serving.predict import (MAX_PHOTOS_PER_BATCH, NamedPhoto, decode_uploa
                           unknown_reason)
 from core.base.runs import RunDamaged
 from core.base.safetext import markdown_literal, plain
-from pages._common import ensure_app_shell, load_bundle, load_classifier, no_model_message, pick_model, show_error
+from pages._common import show_error
+from pages._loaders import load_bundle, load_classifier
+from pages._model_choice import no_model_message, pick_model
+from pages._session import ensure_app_shell
 
 IMAGE_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]
 MAX_DETAILED = 12  # photos shown with chart and heatmap; the table lists all of them

@@ -17,9 +17,9 @@ from core.base.safetext import csv_cell, markdown_literal, shorten
 from core.data.upload_manifest import UploadAccount, account_upload, ingest_folder_archive
 from pages._camera import camera_section, camera_tab
 from pages._cleaning import correction_controls, show_last_correction
-from pages._common import (current_dataset_path, current_workspace, ensure_app_shell, literal_names, load_dataset,
-                           load_dataset_and_corrections, load_dataset_plain, overrides_file, require_train_profile,
-                           set_current_dataset, show_error)
+from pages._common import literal_names, require_train_profile, show_error
+from pages._loaders import load_dataset, load_dataset_and_corrections, load_dataset_plain, overrides_file
+from pages._session import current_dataset_path, current_workspace, ensure_app_shell, set_current_dataset
 from pages._folder_upload import folder_picker, forget
 
 CORRECTIONS_SHOWN = 24  # photos with an Undo each; the table under them lists every correction

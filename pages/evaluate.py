@@ -15,8 +15,10 @@ from core.data.previews import mistakes_with_images, thumbnail
 from core.base.runs import RUN_ID, RunDamaged, evaluation_problem
 from core.base.safetext import csv_cell, markdown_literal, shorten
 from pages._report import report_download
-from pages._common import (current_workspace, ensure_app_shell, literal_names, load_bundle, no_model_message,
-                           pick_model, runs, show_error)
+from pages._common import literal_names, show_error
+from pages._loaders import load_bundle
+from pages._model_choice import no_model_message, pick_model
+from pages._session import current_workspace, ensure_app_shell, runs
 
 # An absolute path inside an error text (Keras and converters name the files they choke on): only its last part is
 # shown, since a hosted demo must not describe its server's folders.

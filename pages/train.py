@@ -14,9 +14,9 @@ from core.data.imagecache import cache_size, clear as clear_cache, default_cache
 from core.base.runs import RunDamaged, RunDir
 from core.base.safetext import markdown_literal
 from core.base.workspace import workspace_dir
-from pages._common import (current_augmentation, current_workspace, device_info, ensure_app_shell, literal_names,
-                           need_dataset, overrides_file, remember_run, require_train_profile, selected_run_id,
-                           show_error)
+from pages._common import literal_names, require_train_profile, show_error
+from pages._loaders import device_info, need_dataset, overrides_file
+from pages._session import current_augmentation, current_workspace, ensure_app_shell, remember_run, selected_run_id
 
 POLL_SECONDS = 2.0
 SEEN_STATE_KEY = "train_seen_state"  # (run id, state, active) at the last redraw, to notice a run changing state

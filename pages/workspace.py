@@ -6,7 +6,8 @@ from core import StudioError
 from core.base.safetext import markdown_literal
 from core.base.workspace import hosted_mode, idle_seconds_allowed, visitor_quota_bytes
 from core.upkeep import delete_holding, holdings
-from pages._common import current_workspace, ensure_app_shell, show_error
+from pages._common import show_error
+from pages._session import current_workspace, ensure_app_shell
 
 KIND_ICONS = {"dataset": ":material/folder:", "run": ":material/model_training:"}
 

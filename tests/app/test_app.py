@@ -298,7 +298,7 @@ class FakeClassifier:
 
 def test_classify_uploads_table_csv_and_bad_files(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_run(workspace / "runs", "run-a")
-    monkeypatch.setattr("pages._common.load_classifier", lambda run: FakeClassifier())
+    monkeypatch.setattr("pages._loaders.load_classifier", lambda run: FakeClassifier())
     monkeypatch.setattr("core.results.cam.heatmap_for", lambda model, image, index, size: image)
     at = app()
     at.switch_page("pages/classify.py").run()

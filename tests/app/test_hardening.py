@@ -321,7 +321,7 @@ def test_odd_images_never_crash_a_page(private_sessions: Path, monkeypatch: pyte
         at.switch_page(page).run()
         no_exceptions(at)
     make_run(session_folder(private_sessions, at) / "runs", "run-a")
-    monkeypatch.setattr("pages._common.load_classifier", lambda run: FakeClassifier())
+    monkeypatch.setattr("pages._loaders.load_classifier", lambda run: FakeClassifier())
     monkeypatch.setattr("core.results.cam.heatmap_for", lambda model, image, index, size: image)
     at.switch_page("pages/classify.py").run()
     photos = [(name, data, "image/jpeg") for name, data in odd_images().items() if name not in SKIPPED]

@@ -199,7 +199,7 @@ def test_undo_removes_only_camera_photos_of_this_dataset(tmp_path: Path, dataset
 def camera_page() -> None:
     """The two functions as the Data page calls them (AppTest runs this source as a script)."""
     from pages._camera import camera_section, camera_tab
-    from pages._common import current_dataset_path
+    from pages._session import current_dataset_path
 
     camera_tab()
     current = current_dataset_path()

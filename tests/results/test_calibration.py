@@ -267,7 +267,7 @@ def test_classify_says_unknown_below_the_runs_threshold_with_a_switch_to_turn_it
     monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "ws"))
     monkeypatch.setenv("STUDIO_SHARED_WORKSPACE", "1")
     monkeypatch.setattr("core.network.device.detect_device", lambda: DeviceInfo("tensorflow", "cpu", "CPU only", 1))
-    monkeypatch.setattr("pages._common.load_classifier", lambda run: FakeClassifier())  # roses at 70%
+    monkeypatch.setattr("pages._loaders.load_classifier", lambda run: FakeClassifier())  # roses at 70%
     monkeypatch.setattr("core.results.cam.heatmap_for", lambda model, image, index, size: image)
     st.cache_data.clear()
     st.cache_resource.clear()

@@ -207,7 +207,7 @@ def classify_page(workspace: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: F8
         heatmap_inputs.append(image.shape)
         return image
 
-    monkeypatch.setattr("pages._common.load_classifier", lambda run: classifier)
+    monkeypatch.setattr("pages._loaders.load_classifier", lambda run: classifier)
     monkeypatch.setattr("core.results.cam.heatmap_for", fake_heatmap)
     stores = []
     from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage

@@ -25,6 +25,11 @@ def run(what: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"bench": what, "machine": machine_summary(), **result}
 
 
+def _progress(args: argparse.Namespace) -> Callable[..., None]:
+    """The command line's progress for `(stage, done, total)` reports (core.terminal.Stages), or nothing."""
+    return getattr(args, "progress", None) or (lambda *report, **words: None)
+
+
 def machine_summary() -> dict[str, Any]:
     return {"cpu_cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
@@ -240,7 +245,7 @@ def bench_health(args: argparse.Namespace) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="studio-health-") as cache:
         report = health_report(args.data, backbone=args.recipe_backbone, image_size=args.image_size_override,
-                               cache_dir=cache)
+                               cache_dir=cache, on_progress=_progress(args))
     seconds = report["seconds"]
     feature_pass = seconds["decode"] + seconds["features"]
     return {"data": report["data"], "photos": report["photos"], "seconds": seconds,
@@ -262,9 +267,10 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
 
     sizes = args.sizes or [1000, 5000, 20000]
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="studio-scale-"))
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
         for size in sizes:
+            _progress(args)("runs", len(rows), len(sizes))
             data = work / f"data-{size}"
             if not data.is_dir():
                 make_dataset(data, size, seed=size)
@@ -326,7 +332,10 @@ def bench_stop(args: argparse.Namespace) -> dict[str, Any]:
     size = (args.sizes or [1000])[0]
     with tempfile.TemporaryDirectory(prefix="studio-stop-") as tmp:
         data = make_dataset(Path(tmp) / "data", size, seed=size)
-        rows = [_stop_row(data, phase, Path(tmp) / f"models-{phase}", args) for phase in STOP_PHASES]
+        rows = []
+        for phase in STOP_PHASES:
+            _progress(args)("runs", len(rows), len(STOP_PHASES))
+            rows.append(_stop_row(data, phase, Path(tmp) / f"models-{phase}", args))
     caught = [r["seconds_to_stopped"] for r in rows if r.get("seconds_to_stopped") is not None]
     return {"images": size, "extra_train_args": args.train_args or [], "rows": rows,
             "max_seconds_to_stopped": max(caught) if caught else None}

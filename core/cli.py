@@ -1,21 +1,35 @@
-"""Command line: train | evaluate | predict | inspect | status | export | health | report | bench.
+"""Command line: app | train | evaluate | predict | inspect | status | export | health | report | doctor | bench.
 
-JSON on stdout; on bad input a one-line `error: ...` on stderr and a non-zero exit.
+The result (a run folder, JSON) alone on stdout; progress, notes and a one-line `error: ...` on stderr
+(core.terminal); the exit code says how it ended (EXIT_CODES).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from core import StudioError
 
-EXIT_BAD_INPUT = 1
-EXIT_NOT_TRAINABLE = 2
-EXIT_NO_REPORT = 2  # report: no such run, nothing to report, or the file cannot be written
+# One scheme for every command (README: "Exit codes"). 2 is also argparse's own code for a command line it cannot
+# read, so every kind of bad input shares it; 1 is what Python exits with on an unexpected error (a traceback).
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3
+EXIT_CODES = {
+    EXIT_OK: "done (a training run stopped on request too: its folder is printed and status.json says stopped)",
+    EXIT_FAILED: "a step failed (an export format that failed its parity check; an unexpected error, with a "
+                 "traceback)",
+    EXIT_BAD_INPUT: "bad input: the command line, a path, a setting, a dataset that cannot be trained on (inspect), "
+                    "a photo that cannot be read (predict), a run with nothing to report (report)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+PROG = "python -m core"  # the app's trainer processes and older scripts; installed, the same is `effnet-studio`
+CONSOLE_PROG = "effnet-studio"
+PREDICT_CHUNK = 32  # photos classified per call: a bar that moves, and memory bounded by the chunk, not the list
 
 
 def _print_json(data: Any) -> None:
@@ -121,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.overrides is not None:
         values["overrides"] = _overrides_setting(args.overrides)
     if isinstance(values.get("data"), str) and values["data"].lower().endswith(".zip"):
-        values["data"] = str(_unpacked(values["data"]))
+        values["data"] = str(_unpacked(values["data"], args.display))
     config = TrainConfig.from_dict(values)
     from core.data.augment import resolve_spec
 
@@ -133,21 +147,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = RunDir(Path(args.models_dir or _models_dir()) / args.run_id) if args.run_id else None
     if run is not None:
         run.path.mkdir(parents=True, exist_ok=True)
-    run = run_training(config, run=run, models_dir=args.models_dir, exit_on_stop=True)
+    run = run_training(config, run=run, models_dir=args.models_dir, exit_on_stop=True,
+                       on_progress=_training_progress(args.display))
     if run is None:  # one of several processes, not the first: that one wrote the run folder and prints it
-        print("this process trained its share; process 0 wrote the run folder", file=sys.stderr)
-        return 0
+        args.display.note("this process trained its share; process 0 wrote the run folder")
+        return EXIT_OK
+    args.display.close()  # the last phase's line before the result
     print(run.path)
-    return 0
+    return EXIT_OK
 
 
-def _unpacked(data: str | Path) -> Path:
+def _training_progress(display: Any) -> Any:
+    """The trainer's progress records, as written into status.json, to the terminal; the device it trains on is
+    said once, with the first record (by then training has set up its devices)."""
+    from core.terminal import OFF, device_note
+
+    said = threading.Event()
+    lock = threading.Lock()
+
+    def show(record: dict[str, Any]) -> None:
+        if display.mode == OFF:
+            return
+        with lock:  # the trainer's ticker thread reports too
+            if not said.is_set():
+                said.set()
+                display.note(device_note())
+            display.show(record)
+
+    return show
+
+
+def _unpacked(data: str | Path, display: Any) -> Path:
     """--data may be a .zip: unpacked with the upload's checks (core.data.ingest.dataset_folder), said on stderr."""
     from core.data.ingest import dataset_folder
 
     folder = dataset_folder(data)
     if folder != Path(data):
-        print(f"{Path(data).name}: unpacked into {folder}", file=sys.stderr)
+        display.note(f"{Path(data).name}: unpacked into {folder}")
     return folder
 
 
@@ -157,12 +193,25 @@ def _models_dir() -> Path:
     return default_models_dir()
 
 
+def _stages(display: Any, *stages: tuple[str, str, str]) -> Any:
+    """A command's stages (name, words, unit) reported like training's phases (core.terminal.Stages)."""
+    from core.terminal import Stage, Stages
+
+    return Stages(display, [Stage(name, 0, unit=unit, title=words) for name, words, unit in stages])
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.results.evaluate import evaluate_run
     from core.base.runs import RunDir
 
-    _print_json(evaluate_run(RunDir.open(args.run, args.models_dir), data=args.data, split=args.split))
-    return 0
+    stages = _stages(args.display, ("decode", "Decoding images", "images"), ("evaluate", "Scoring images", "images"))
+    names = {"decoding": "decode", "scoring": "evaluate"}  # evaluate_run's words for its stages
+    result = evaluate_run(RunDir.open(args.run, args.models_dir), data=args.data, split=args.split,
+                          progress=lambda stage, done, total: stages(names.get(stage, stage), done, total))
+    stages.finish()
+    args.display.close()
+    _print_json(result)
+    return EXIT_OK
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -172,38 +221,64 @@ def cmd_predict(args: argparse.Namespace) -> int:
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         raise StudioError(f"{missing[0]}: no such image file.")
-    results = Classifier(RunDir.open(args.run, args.models_dir)).classify_files(args.images, top_k=args.top_k)
+    run = RunDir.open(args.run, args.models_dir)
+    stages = _stages(args.display, ("load", "Loading the model", "steps"), ("classify", "Classifying", "photos"))
+    stages("load", 0, 1)
+    classifier = Classifier(run)
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(args.images), PREDICT_CHUNK):
+        stages("classify", len(results), len(args.images))
+        results += classifier.classify_files(args.images[start:start + PREDICT_CHUNK], top_k=args.top_k)
+    stages("classify", len(results), len(args.images))
+    stages.finish()
+    args.display.close()
     _print_json(results)
-    return 0 if all("error" not in r for r in results) else EXIT_BAD_INPUT
+    return EXIT_OK if all("error" not in r for r in results) else EXIT_BAD_INPUT
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from core.data.datasets import scan
 
-    report = scan(_unpacked(args.data)).report
+    report = scan(_unpacked(args.data, args.display)).report
     _print_json(report.to_dict())
     if not report.trainable:
         print("error: " + " ".join(report.errors), file=sys.stderr)
-        return EXIT_NOT_TRAINABLE
-    return 0
+        return EXIT_BAD_INPUT
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from core.serving.export import export_run, make_demo_bundle
+    from core.serving.export import check_formats, export_run, make_demo_bundle
     from core.base.runs import RunDir
 
     run = RunDir.open(args.run, args.models_dir)
-    result = export_run(run, args.format or ["all"], data_root=args.data,
-                        progress=lambda message: print(message, file=sys.stderr))
+    formats = check_formats(args.format or ["all"])
+    steps = [("export", "Exporting, each format checked against Keras", "formats")]
+    steps += [("bundle", "Packing the demo bundle", "steps")] if args.bundle else []
+    stages = _stages(args.display, *steps)
+    exported: list[str] = []
+
+    def said(message: str) -> None:  # export_run's words: "Decoding the ... images ...", then "Exporting <format>"
+        if message.startswith("Exporting ") and message.split()[-1] in formats:
+            exported.append(message.split()[-1])
+            stages("export", len(exported) - 1, len(formats), message=exported[-1])
+        else:
+            stages("export", 0, len(formats), message=message[0].lower() + message[1:])
+
+    result = export_run(run, formats, data_root=args.data, progress=said)
+    stages("export", len(formats), len(formats))
     if args.bundle and not result["failed"]:
+        stages("bundle", 0, 1)
         folder = make_demo_bundle(run, args.bundle_format, data_root=args.data)
         result["bundle"] = {"folder": str(folder), "zip": str(folder.with_suffix(".zip"))}
+    stages.finish()
+    args.display.close()
     _print_json(result)
     if result["failed"]:
         reasons = "; ".join(f"{fmt}: {result['formats'][fmt].get('error')}" for fmt in result["failed"])
         print(f"error: export failed for {reasons}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -215,7 +290,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     _print_json({"run": run.run_id, **view.status, "state": view.state, "headline": view.headline,
                  "progress": round(view.fraction, 4), "has_model": view.has_model,
                  "usable_model": view.model.usable, "model_note": view.model.reason})
-    return 0
+    return EXIT_OK
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -226,7 +301,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if report["gpus_seen_by_driver"] and report["devices"][0]["kind"] != "gpu":
         print(f"warning: nvidia-smi lists {len(report['gpus_seen_by_driver'])} GPU(s) but {report['backend']} "
               "trains on the CPU: install the GPU wheels (make install-plan says which).", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def _overrides_setting(text: str) -> str | None:
@@ -237,9 +312,14 @@ def _overrides_setting(text: str) -> str | None:
 def cmd_health(args: argparse.Namespace) -> int:
     from core.results.health import health_report
 
-    _print_json(health_report(_unpacked(args.data), backbone=args.backbone, image_size=args.image_size,
-                              cache_dir=args.cache_dir, overrides=_overrides_setting(args.overrides)))
-    return 0
+    stages = _stages(args.display, ("decode", "Decoding images", "images"),
+                     ("features", "Computing frozen-base features", "images"))
+    report = health_report(_unpacked(args.data, args.display), backbone=args.backbone, image_size=args.image_size,
+                           cache_dir=args.cache_dir, overrides=_overrides_setting(args.overrides), on_progress=stages)
+    stages.finish()
+    args.display.close()
+    _print_json(report)
+    return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -252,22 +332,42 @@ def cmd_report(args: argparse.Namespace) -> int:
         out = write_report(run, Path(args.out) if args.out else Path(default_report_name(run)))
     except StudioError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_NO_REPORT
+        return EXIT_BAD_INPUT
     print(out)
-    return 0
+    return EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from core import bench
 
+    # bench health reports the health check's stages; bench scale and stop one step per trainer process.
+    args.progress = _stages(args.display, ("decode", "Decoding images", "images"),
+                            ("features", "Computing frozen-base features", "images"),
+                            ("runs", "Trainer processes", "runs"))
     result = bench.run(args.what, args)
+    args.progress.finish()
+    args.display.close()
     _print_json(result)
-    return 0
+    return EXIT_OK
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """Start the Streamlit app from wherever it is installed (core.launch); --dry-run prints the line instead."""
+    from core import launch
+
+    command = launch.streamlit_command(args.port, args.address, args.headless, args.streamlit_args or [],
+                                       quiet=not args.verbose)
+    if args.dry_run:
+        _print_json({"app": str(launch.app_script()), "config": str(launch.config_file() or ""),
+                     "models_dir": str(_models_dir()), "command": command})
+        return EXIT_OK
+    return launch.start(command)
 
 
 MANUAL = """EfficientNet Studio from the command line: the same core as the app.
 
 The path of a dataset, in order:
+  app                 start the app in the browser (Streamlit) from wherever it is installed
   inspect DATA        what is in a labelled folder (classes, counts, damaged files); exit 2 if it can't be trained
   health DATA         likely wrong labels, near-duplicates, train/test leaks, outliers (one feature pass)
   train --data DATA   fine-tune a pretrained backbone; prints the run folder (models/<run id>)
@@ -278,24 +378,67 @@ The path of a dataset, in order:
   report RUN          one self-contained HTML report for people who will not open the app
   doctor, bench       what training runs on here, and measurements (docs/benchmarks.md)
 
-`python -m core COMMAND --help` explains each command's options, with defaults and units."""
-
-EPILOG = """examples:
-  python -m core train --data ../shared/data/flowers-mini
-  python -m core evaluate models/run-20261130-120000-ab12 --data holdout/
-  python -m core report models/run-20261130-120000-ab12 --out report.html
-
-exit codes: 0 done; 1 bad input or a failed step (a one-line "error: ..." on stderr); 2 inspect: not
-trainable, report: nothing to report; 130 interrupted. JSON results go to stdout, messages to stderr."""
+The result (a run folder, JSON) is alone on stdout. Long commands show one line per phase on stderr: a bar with
+the count, rate and time left on a terminal, plain lines elsewhere, nothing with --quiet. TensorFlow's own log
+lines and Python warnings are hidden unless --verbose. `%(prog)s COMMAND --help` explains each command's
+options, with defaults and units. Shell completion: not offered (argparse has none built in)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description=MANUAL, epilog=EPILOG,
+def epilog(prog: str) -> str:
+    """Examples and the exit codes, under the manual."""
+    codes = "\n".join(f"  {code}  {words}" for code, words in EXIT_CODES.items())
+    return f"""examples:
+  {prog} train --data ../shared/data/flowers-mini
+  {prog} evaluate models/run-20261130-120000-ab12 --data holdout/
+  {prog} report models/run-20261130-120000-ab12 --out report.html
+  {prog} app --port 8501
+
+exit codes (every error is one line "error: ..." on stderr):
+{codes}"""
+
+
+def _output_options(parser: argparse.ArgumentParser, after_command: bool) -> None:
+    """-q/-v before or after the command's name (`train --data X -q` reads naturally): the sub-command's copy
+    only sets a value when given, so it never resets one given before the name."""
+    default = argparse.SUPPRESS if after_command else False
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="no progress and no notes on stderr, only errors (default: progress shown)")
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="also TensorFlow's, XLA's and absl's log lines and Python warnings (default: hidden)")
+
+
+def _command(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A sub-command that also takes -q/-v after its name."""
+    command = sub.add_parser(name, **kwargs)
+    _output_options(command, after_command=True)
+    return command
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=MANUAL, epilog=epilog(prog),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", help="folder holding run folders (default: ./models or $STUDIO_MODELS_DIR)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    _output_options(parser, after_command=False)
+    from core.terminal import OFF, Display
 
-    train = sub.add_parser("train", help="fine-tune a backbone on a labelled image folder; prints the run folder")
+    parser.set_defaults(display=Display(mode=OFF))  # `args.func(args)` called from code shows nothing; main() shows
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    app = _command(sub, "app", help="start the app (Streamlit) in the browser, with its own settings, from "
+                   "wherever it is installed")
+    app.add_argument("--port", type=int, default=8501, help="the port it listens on (default 8501)")
+    app.add_argument("--address", default=None,
+                     help="the address it listens on (default: Streamlit's, every interface)")
+    app.add_argument("--headless", action="store_true",
+                     help="do not open a browser tab (default: open one when there is a display)")
+    app.add_argument("--dry-run", action="store_true",
+                     help="print the app's files and the streamlit command as JSON, start nothing")
+    app.add_argument("streamlit_args", nargs=argparse.REMAINDER,
+                     help="after --: further `streamlit run` options, e.g. -- --server.maxUploadSize 200")
+    app.set_defaults(func=cmd_app)
+
+    train = _command(sub, "train", help="fine-tune a backbone on a labelled image folder; prints the run folder")
     train.add_argument("--config", help="JSON config file (flags override its values)")
     for key, kind in TRAIN_FLAGS.items():
         train.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, help=train_help(key))
@@ -310,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-id", help="write into models/<run-id> (used by the app)")
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("evaluate", help="evaluate a run; prints JSON and writes evaluation.json (its own "
-                              "split) or evaluations/<name>.json (--data, or a split it is not scored on)")
+    evaluate = _command(sub, "evaluate", help="evaluate a run; prints JSON and writes evaluation.json (its own "
+                        "split) or evaluations/<name>.json (--data, or a split it is not scored on)")
     evaluate.add_argument("run", help="run folder or run id")
     evaluate.add_argument("--data", help="evaluate on every image of this labelled folder (or .zip) instead of the "
                           "run's split; saved as evaluations/<folder name>.json")
@@ -320,23 +463,23 @@ def build_parser() -> argparse.ArgumentParser:
                           "as evaluations/<split>-split.json")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    predict = sub.add_parser("predict", help="classify images with a run; prints JSON top-k per image")
+    predict = _command(sub, "predict", help="classify images with a run; prints JSON top-k per image")
     predict.add_argument("run", help="run folder or run id")
     predict.add_argument("images", nargs="+", help="photo files (JPEG, PNG, BMP, WebP)")
     predict.add_argument("--top-k", type=int, default=5, help="classes listed per photo, most likely first "
                          "(default 5)")
     predict.set_defaults(func=cmd_predict)
 
-    inspect = sub.add_parser("inspect", help="report a dataset folder (or a .zip of one) as JSON; exit 2 if it "
-                                                "can't be trained on")
+    inspect = _command(sub, "inspect", help="report a dataset folder (or a .zip of one) as JSON; exit 2 if it "
+                       "can't be trained on")
     inspect.add_argument("data", help="a folder of class folders (or train/ val/ test/), or a .zip of one")
     inspect.set_defaults(func=cmd_inspect)
 
-    status = sub.add_parser("status", help="print a run's state as JSON (a dead trainer reads failed or stopped)")
+    status = _command(sub, "status", help="print a run's state as JSON (a dead trainer reads failed or stopped)")
     status.add_argument("run", help="run folder or run id")
     status.set_defaults(func=cmd_status)
 
-    export = sub.add_parser("export", help="export a run with parity checks on its validation images; prints JSON")
+    export = _command(sub, "export", help="export a run with parity checks on its validation images; prints JSON")
     export.add_argument("run", help="run folder or run id")
     export.add_argument("--format", action="append",
                         help="keras|savedmodel|tflite|tflite_fp16|tflite_int8|onnx|all (repeatable; default all)")
@@ -345,27 +488,27 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data", help="the dataset's current location, if it moved since training")
     export.set_defaults(func=cmd_export)
 
-    doctor = sub.add_parser("doctor", help="what training runs on here (backend, devices, precision, XLA, versions) "
-                                           "and a few-second convolution test; prints JSON")
+    doctor = _command(sub, "doctor", help="what training runs on here (backend, devices, precision, XLA, versions) "
+                      "and a few-second convolution test; prints JSON")
     doctor.add_argument("--seconds", type=float, default=2.0, help="length of the convolution test (default 2 s)")
     doctor.set_defaults(func=cmd_doctor)
 
-    health = sub.add_parser("health", help="data health as JSON: suspect labels, near-duplicates and train/test "
-                            "leaks, imbalance, outliers, odd shapes (one feature pass, cached)")
+    health = _command(sub, "health", help="data health as JSON: suspect labels, near-duplicates and train/test "
+                      "leaks, imbalance, outliers, odd shapes (one feature pass, cached)")
     health.add_argument("data", help="a labelled image folder or a .zip of one")
     health.add_argument("--backbone", default=None, help="default: the recipe's backbone")
     health.add_argument("--image-size", type=int, default=None, help="default: the backbone's recipe size")
     health.add_argument("--cache-dir", default=None, help="decoded images and features (default: training's cache)")
     health.add_argument("--overrides", default="auto", help=OVERRIDES_HELP)
     health.set_defaults(func=cmd_health)
-    report = sub.add_parser("report", help="a stakeholder report: one self-contained HTML file (model card, data, "
-                            "curves, confusion matrix, mistakes with heatmaps, exports) that opens offline; prints "
-                            "its path")
+    report = _command(sub, "report", help="a stakeholder report: one self-contained HTML file (model card, data, "
+                      "curves, confusion matrix, mistakes with heatmaps, exports) that opens offline; prints "
+                      "its path")
     report.add_argument("run", help="run folder or run id")
     report.add_argument("--out", help="the HTML file to write, or a folder (default: report-<run id>.html here)")
     report.set_defaults(func=cmd_report)
-    bench = sub.add_parser("bench", help="measure: loader | train | recipe throughput, scale (memory, disk, "
-                                         "time per phase by dataset size), stop (seconds to stop in each phase)")
+    bench = _command(sub, "bench", help="measure: loader | train | recipe throughput, scale (memory, disk, "
+                     "time per phase by dataset size), stop (seconds to stop in each phase)")
     bench.add_argument("what", choices=["loader", "train", "recipe", "scale", "stop", "features", "health"],
                        help="loader: images/s per loader; train: steps/s per phase; recipe: this recipe against "
                        "the tutorial's, accuracy and whole-run time; scale: memory, disk and time by dataset size; "
@@ -411,13 +554,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except StudioError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.quiet and args.verbose:  # one before the command's name, the other after it
+        parser.error("argument -v/--verbose: not allowed with argument -q/--quiet")
+    from core.terminal import Display, quiet_logs
+
+    # Before any command runs, so before anything imports TensorFlow (core.terminal says why that matters).
+    with quiet_logs(verbose=args.verbose), Display(quiet=args.quiet) as display:
+        args.display = display
+        try:
+            return args.func(args)
+        except StudioError as err:
+            display.close()
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            display.close()
+            print("error: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def console() -> int:
+    """The `effnet-studio` command (pyproject.toml's console script). An installed copy keeps runs and the app's
+    workspace in the current folder (core.launch.installed_defaults); the rest is `python -m core`."""
+    from core.launch import installed_defaults
+
+    for key, value in installed_defaults(Path.cwd()).items():
+        os.environ.setdefault(key, value)
+    return main(prog=CONSOLE_PROG)

@@ -22,7 +22,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -162,8 +162,9 @@ class Trainer:
     """Runs the recipe for one config and writes everything into one run directory."""
 
     def __init__(self, config: TrainConfig, run: RunDir, cache_dir: Path | None = None,
-                 exit_on_stop: bool = False):
+                 exit_on_stop: bool = False, on_progress: Callable[[dict[str, Any]], None] | None = None):
         self.config, self.run = config, run
+        self.on_progress = on_progress  # also shown elsewhere, e.g. the command line's progress bars (core.terminal)
         self.exit_on_stop = exit_on_stop  # the trainer process may end itself on a stop with nothing to keep
         self.stop_seen_at: float | None = None
         self.cache_dir = Path(cache_dir or default_cache_dir(run.path.parent))
@@ -319,6 +320,8 @@ class Trainer:
 
     def _write_progress(self, fields: dict[str, Any]) -> None:
         self.run.heartbeat(**fields)
+        if self.on_progress is not None:
+            self.on_progress(fields)
 
     def _log_phase(self, phase: progress.Phase) -> None:
         """One metrics line per finished phase: its time and rate (read by `bench scale` and people)."""
@@ -703,13 +706,15 @@ def _learning_rate(model) -> float | None:
 
 def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Path | None = None,
                  split: dict[str, list[Sample]] | None = None, cache_dir: Path | None = None,
-                 exit_on_stop: bool = False) -> RunDir | None:
+                 exit_on_stop: bool = False,
+                 on_progress: Callable[[dict[str, Any]], None] | None = None) -> RunDir | None:
     """Validate, create the run folder, train, evaluate. Status ends as succeeded, stopped or failed.
 
     `split` overrides the dataset's own split (the recipe benchmark holds out a fixed test set this way);
     `cache_dir` holds decoded images (default: `.cache` beside the run folders). `exit_on_stop` (the trainer
     process of `python -m core train`) lets a stop with nothing to keep end the process at once. A process other than the first of a
     multi-process run (core.network.distribute) trains its share, writes nothing and returns None.
+    `on_progress` gets every progress record written into status.json (the first process's only).
     """
     config.validate()
     if run is not None:  # the app's queued run: say what the trainer is doing before its first phase
@@ -740,7 +745,7 @@ def run_training(config: TrainConfig, run: RunDir | None = None, models_dir: Pat
     run = run or RunDir.create(models_dir)
     if applied.file is not None:  # the corrections this run trained with, as they were when it started
         write_json_atomic(run.file(OVERRIDES), overrides_summary(applied))
-    trainer = Trainer(config, run, cache_dir, exit_on_stop=exit_on_stop)
+    trainer = Trainer(config, run, cache_dir, exit_on_stop=exit_on_stop, on_progress=on_progress)
     previous = _install_stop_signal(trainer)
     run.set_status("running", pid=os.getpid(), started=time.time(), error=None)
     try:

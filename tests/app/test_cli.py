@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, flower_files, require, run_cli
-from core.cli import main
+from core.cli import EXIT_BAD_INPUT, main
 from core.base.runs import RunDir
 
 TINY = ["--image-size", "96", "--head-epochs", "1", "--finetune-epochs", "1", "--batch-size", "32"]
@@ -86,7 +87,7 @@ def test_predict_corrupt_jpeg_is_named_and_fails(trained_run: Path, tmp_path: Pa
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(good.read_bytes()[:300])
     result = run_cli("predict", str(trained_run), str(good), str(corrupt))
-    assert result.returncode != 0
+    assert result.returncode == EXIT_BAD_INPUT
     out = json.loads(result.stdout)
     assert "top_k" in out[0] and "corrupt.jpg" in out[1]["error"]
 
@@ -136,7 +137,7 @@ def test_bad_input_is_one_clear_line_and_leaves_no_run(case, args, message, tmp_
     models = tmp_path / "models"
     code = main(["--models-dir", str(models), "train", "--data", str(data), *TINY, *args])
     err = capsys.readouterr().err
-    assert code == 1, err
+    assert code == EXIT_BAD_INPUT, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
     assert not models.exists() or not any(models.iterdir())
@@ -145,7 +146,7 @@ def test_bad_input_is_one_clear_line_and_leaves_no_run(case, args, message, tmp_
 def test_bad_config_file_key_suggests_the_right_one(tmp_path, flowers_dir, capsys):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"data": str(flowers_dir), "batchsize": 8}))
-    assert main(["train", "--config", str(config)]) == 1
+    assert main(["train", "--config", str(config)]) == EXIT_BAD_INPUT
     assert "did you mean 'batch_size'" in capsys.readouterr().err
 
 
@@ -294,6 +295,34 @@ def test_every_command_and_option_has_a_help_line():
     manual = parser.format_help()
     for name in commands.choices:
         assert f"\n  {name}" in manual.split("positional arguments")[0] or name in ("doctor", "bench"), name
-    assert "exit codes:" in manual and "examples:" in manual
+    assert "exit codes" in manual and "examples:" in manual
+    for code in (0, 1, 2, 3):  # the scheme of issue 18, each code with its meaning
+        assert re.search(rf"^  {code}  \w", manual, re.M), code
     train_help = commands.choices["train"].format_help()
     assert "default: 0.2" in train_help and "pixels, 32 to 1024" in train_help  # defaults and units from config
+    for name, sub in commands.choices.items():  # -q/-v also after the command's name, where people type them
+        assert {"-q", "--quiet", "-v", "--verbose"} <= {o for a in sub._actions for o in a.option_strings}, name
+    assert "effnet-studio app --port" in build_parser("effnet-studio").format_help()  # examples name the command
+
+
+def test_quiet_or_verbose_before_or_after_the_command():
+    from core.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["-q", "status", "r"]).quiet and parser.parse_args(["status", "r", "-q"]).quiet
+    assert not parser.parse_args(["status", "r"]).quiet and parser.parse_args(["status", "r", "--verbose"]).verbose
+    assert parser.parse_args(["-v", "status", "r"]).verbose  # the command's own default does not reset it
+    with pytest.raises(SystemExit) as both:
+        parser.parse_args(["status", "r", "-q", "-v"])
+    assert both.value.code == EXIT_BAD_INPUT
+
+
+def test_the_command_line_imports_no_tensorflow_before_logs_are_quieted():
+    """core.terminal.quiet_logs must run before TensorFlow is imported: parsing never imports it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from core.cli import build_parser; build_parser().parse_args(['train', '--data', 'x']); "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr

@@ -1,5 +1,6 @@
 """`python -m core train` with settings of the wrong type or out of range (issue 14): one `error: ...` line that
-names the setting and what it allows, no traceback, and no run folder left behind.
+names the setting and what it allows, no traceback, no run folder left behind, and exit code 2 (bad input, issue
+18: the same code argparse gives a command line it cannot read).
 
 Every case fails in TrainConfig.validate, before TensorFlow is imported or a folder is made, so each subprocess
 takes a fraction of a second.
@@ -14,6 +15,7 @@ import pytest
 
 from conftest import run_cli
 from core import StudioError
+from core.cli import EXIT_BAD_INPUT
 from core.base.config import RULES, SEED_MAX, TrainConfig
 
 # (config file contents or None, extra flags, words the one error line must hold)
@@ -57,7 +59,7 @@ def test_a_bad_setting_is_one_error_line_and_leaves_no_run(case: str, tmp_path: 
         args += ["--config", str(config_file(tmp_path, contents))]
     result = run_cli(*args, timeout=120)
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == EXIT_BAD_INPUT == 2, result.stderr
     assert "Traceback" not in result.stderr and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for word in words:
         assert word in lines[0], (word, lines[0])
@@ -78,7 +80,7 @@ def test_a_flag_overrides_a_file_value_before_anything_is_checked(tmp_path: Path
     result = run_cli("--models-dir", str(tmp_path / "models"), "train", "--config", str(path),
                      "--data", str(tmp_path / "photos"), "--seed", "7", "--head-epochs", "0", "--finetune-epochs", "0",
                      timeout=120)
-    assert result.returncode == 1 and "at least one epoch" in result.stderr  # seed 7 passed; the epochs did not
+    assert result.returncode == EXIT_BAD_INPUT and "at least one epoch" in result.stderr  # seed 7 passed; the epochs did not
 
 
 def test_the_range_ends_are_allowed() -> None:

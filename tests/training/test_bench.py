@@ -22,7 +22,7 @@ def test_bench_loader_reports_both_contenders(small_dataset):
 
 def test_bench_needs_data():
     result = run_cli("bench", "loader")
-    assert result.returncode == 1 and "needs --data" in result.stderr
+    assert result.returncode == 2 and "needs --data" in result.stderr  # bad input (core.cli.EXIT_BAD_INPUT)
 
 
 def test_benchmark_split_is_the_folder_as_a_user_has_it_and_resplits_on_request(flowers_dir):

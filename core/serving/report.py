@@ -335,7 +335,17 @@ def _card_data(f: RunFacts) -> str:
         ("Split", f"{totals['train']:,} train, {totals['val']:,} validation, {totals['test']:,} test; from {how}"),
         ("Augmentation", esc(", ".join(str(a.get("name")) for a in f.config.get("augmentation") or []
                                        if isinstance(a, dict)) or "none")),
+        ("Corrections", corrections_line(_read(f.problems, f.run.read_overrides_used, None))),
     ])
+
+
+def corrections_line(used: dict[str, Any] | None) -> str:
+    """The cleaning loop's corrections the run trained with (its overrides.json), in words."""
+    if not used or not used.get("count"):
+        return "none: every photo under its folder's class"
+    relabelled, excluded = len(used.get("relabelled") or []), len(used.get("excluded") or [])
+    return (f"{relabelled:,} photo(s) relabelled and {excluded:,} excluded by the user before training (the files "
+            "themselves untouched; listed in the run's overrides.json)")
 
 
 def _card_metrics(f: RunFacts) -> str:

@@ -209,6 +209,19 @@ def test_a_run_without_evaluation_exports_or_health_says_so(tmp_path):
     assert "Not exported yet" in text and "Not checked" in text
     assert "No epoch lines were logged" in text
     assert len(scripts(text)) == 2  # plotly.js and the class-count chart
+    assert "none: every photo under its folder's class" in text
+
+
+def test_the_model_card_says_which_corrections_the_run_trained_with(tmp_path):
+    from core.base.runs import OVERRIDES, write_json_atomic
+
+    run = fake_run(tmp_path / "models", ["cats", "dogs"])
+    entry = {"path": "cats/0.jpg", "action": "relabel", "was": "cats", "label": "dogs", "source": "health"}
+    write_json_atomic(run.file(OVERRIDES), {"file": "/x/photos.overrides.json", "relabelled": [entry],
+                                            "excluded": [{**entry, "path": "cats/1.jpg", "action": "exclude"}] * 2,
+                                            "stale": [], "count": 3})
+    text = build_report(run, cache_dir=tmp_path / "cache")
+    assert "1 photo(s) relabelled and 2 excluded by the user before training" in text
 
 
 def test_moved_photos_and_a_broken_model_still_give_a_report_with_hostile_names_escaped(tmp_path):

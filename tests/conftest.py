@@ -13,7 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 FLOWERS = Path(os.environ.get("STUDIO_SAMPLE_DIR", REPO.parent / "shared" / "data" / "flowers-mini"))
-IN_CI = os.environ.get("CI") == "true"
+# CI services spell it CI=true, CI=1 or CI=yes (any case): all of them make a missing prerequisite a failure.
+CI_VALUES = ("1", "true", "yes")
+IN_CI = os.environ.get("CI", "").strip().lower() in CI_VALUES
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -28,7 +28,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 def in_ci() -> bool:
     """CI sets CI=true; there a missing prerequisite is a failure, not a skip."""
-    return os.environ.get("CI", "").lower() == "true"
+    from conftest import IN_CI
+
+    return IN_CI
 
 
 def require(condition: bool, reason: str) -> None:

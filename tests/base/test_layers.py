@@ -83,3 +83,4 @@ def test_the_layer_rule_catches_an_upward_import(tmp_path):
     fake.write_text("def f():\n    from core.training.jobs import active_run\n")
     assert core_imports(fake) == [(2, "core.training.jobs")]
     assert layer_of("core.training.jobs") > layer_of("core.data.images")
+

@@ -19,6 +19,7 @@ import cv2
 import keras
 import numpy as np
 import pytest
+from conftest import IN_CI
 import skimage.data
 
 from core.network import lite0
@@ -248,7 +249,7 @@ print(json.dumps(dict(out, backend=keras.backend.backend())))
 
 def test_jax_backend_ranks_cat_first(conversion: tuple[pathlib.Path, str, float], keras_home: pathlib.Path) -> None:
     if importlib.util.find_spec("jax") is None:
-        if os.environ.get("CI") == "true":
+        if IN_CI:
             pytest.fail("jax is not importable, but CI must run the JAX backend test")
         pytest.skip("jax is not importable")
     # The backend is fixed at import time, so JAX runs in a child process; it reuses the TF-written cache.

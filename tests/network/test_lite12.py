@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import os
 import pathlib
 import re
 import socket
@@ -15,6 +14,7 @@ import cv2
 import keras
 import numpy as np
 import pytest
+from conftest import IN_CI
 import skimage.data
 
 from core import StudioError
@@ -39,7 +39,7 @@ def _require_package(variant: str) -> None:
     """Skip without the weights package, except under CI, where a missing package is a failure."""
     package = lite0.VARIANTS[variant].pth_package
     if importlib.util.find_spec(package) is None:
-        if os.environ.get("CI") == "true":
+        if IN_CI:
             pytest.fail(f"{package} is not installed, but CI must test the {variant} weights")
         pytest.skip(f"{package} is not installed")
 

@@ -61,24 +61,33 @@ def keras_classifier(run: RunDir):
     return Classifier(run)
 
 
+# The largest probability difference from the Keras model each format may show on the 80 validation photos
+# (issue 19: bounds that mean something). Measured 2026-11-30 on this test's run: keras and savedmodel 0,
+# tflite 2.4e-6, onnx 2.1e-6 (float32 everywhere: 1e-4 leaves room for kernel order only); tflite_fp16 5.6e-3
+# (float16 weights: three significant digits); tflite_int8 0.20 with every top-1 the same (int8 weights and
+# activations: reported, bounded loosely, its top-1 agreement held to INT8_AGREEMENT).
+PROBABILITY_BOUNDS = {"keras": 1e-4, "savedmodel": 1e-4, "tflite": 1e-4, "onnx": 1e-4, "tflite_fp16": 0.02,
+                      "tflite_int8": 0.35}
+INT8_AGREEMENT = 0.9  # measured 100% on the 80 photos; a broken quantisation (wrong input scale) sits near chance
+
+
 def test_every_format_is_exported_and_float_formats_agree_with_keras(run: RunDir, exported: dict):
     assert list(exported["formats"]) == list(FORMATS)
     assert exported["failed"] == [], {f: exported["formats"][f].get("error") for f in exported["failed"]}
     parity = read_parity(run)
-    assert set(parity) == set(FORMATS)
+    assert set(parity) == set(FORMATS) == set(PROBABILITY_BOUNDS)
     for fmt, entry in exported["formats"].items():
         assert (run.path / entry["file"]).exists(), fmt
         assert entry["images"] == len(run.read_split()["val"]) == 80
         assert parity[fmt]["agreement"] == entry["agreement"]
+        assert entry["max_abs_probability_difference"] <= PROBABILITY_BOUNDS[fmt], (fmt, entry)
         if FORMATS[fmt].is_float:
             # near-ties of the Keras model (top two < TIE_MARGIN apart) may swap under float16 rounding
             assert entry["decisive_agreement"] >= FLOAT_AGREEMENT and entry["passed"], (fmt, entry)
-            assert entry["max_abs_probability_difference"] < 0.05, (fmt, entry)
     int8 = exported["formats"]["tflite_int8"]
     print(f"\ntflite_int8: top-1 agreement {int8['agreement']:.1%}, accuracy {int8['keras_accuracy']:.1%} -> "
           f"{int8['export_accuracy']:.1%} (drop {int8['accuracy_drop']:+.1%})")
-    # int8 is only reported, but a broken quantisation (e.g. wrong input scaling) would sit near chance.
-    assert int8["agreement"] >= 0.7 and int8["bytes"] < exported["formats"]["tflite"]["bytes"] / 2
+    assert int8["agreement"] >= INT8_AGREEMENT and int8["bytes"] < exported["formats"]["tflite"]["bytes"] / 2
 
 
 def test_reexporting_one_format_merges_into_parity_json(run: RunDir, exported: dict):

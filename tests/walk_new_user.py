@@ -26,7 +26,9 @@ def lap(name, start):
     times[name] = round(time.perf_counter() - start, 1); print(name, times[name], flush=True)
 
 with streamlit_server(ws, OUT / "server.log") as url, sync_playwright() as p:
-    b = launch_chromium(p); page = b.new_page(viewport={"width": 1400, "height": 1000}); page.set_default_timeout(120_000)
+    b = launch_chromium(p)
+    page = b.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(120_000)
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url)
@@ -78,7 +80,8 @@ with streamlit_server(ws, OUT / "server.log") as url, sync_playwright() as p:
     shot(page, "6-evaluate-report")
     # the report offline
     rp = b.new_page(); blocked = []
-    rp.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://") else (blocked.append(route.request.url), route.abort()))
+    rp.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://")
+             else (blocked.append(route.request.url), route.abort()))
     rp.on("pageerror", lambda e: errors.append("report: " + str(e)))
     rp.goto(path.as_uri()); rp.wait_for_timeout(3000); rp.screenshot(path=str(OUT / "7-report.png"), full_page=True)
     print("blocked", blocked, "errors", errors)

@@ -28,8 +28,8 @@ from core.data.datasets import Dataset, scan
 
 # Near-duplicates: mutual nearest neighbours in centred pooled features with cosine >= SIMILAR and 8x8 blurred grey
 # thumbnails correlating >= SAME_LAYOUT. Measured on flowers-mini with 20 planted copies (resized 0.6-0.9x,
-# cropped 5-8%, JPEG quality 60-80; tests/test_health.py): every copy found, no other pair of its 400 photos flagged;
-# the lowest copy scored 0.74 / 0.92.
+# cropped 5-8%, JPEG quality 60-80; tests/results/test_health.py): every copy found, no other pair of its 400 photos
+# flagged; the lowest copy scored 0.74 / 0.92.
 # A third test, the same colours (hue-saturation histograms intersecting >= SAME_COLOURS), since generated scenes of
 # flat backgrounds pass the first two: on the shapes check set all 15 pairs flagged by them were distinct photos,
 # their histograms intersecting 0.00-0.40, while the 20 planted copies scored 0.82-0.94 (docs/benchmarks.md).
@@ -69,7 +69,8 @@ def pooled_features(dataset: Dataset, backbone: str, image_size: int, cache_dir:
     seconds = {"decode": 0.0, "features": 0.0}
     start = time.perf_counter()
     images, _ = open_or_build(paths, image_size, cache_dir,
-                              progress=(lambda done, total: on_progress("decode", done, total)) if on_progress else None)
+                              progress=(lambda done, total: on_progress("decode", done, total))
+                              if on_progress else None)
     seconds["decode"] = time.perf_counter() - start
     start = time.perf_counter()
     layouts, colours = thumbnails(images)
@@ -254,8 +255,8 @@ def health_report(data: str | Path, backbone: str | None = None, image_size: int
     backbone = backbone or DEFAULT_BACKBONE
     size = int(image_size or get_backbone(backbone).recipe_size)
     # Features of every scanned photo (the cached pass stays valid whatever is excluded), then the kept rows.
-    features, (layouts, colours), seconds = pooled_features(scanned, backbone, size, Path(cache_dir or default_cache_dir()),
-                                                 on_progress)
+    features, (layouts, colours), seconds = pooled_features(scanned, backbone, size,
+                                                            Path(cache_dir or default_cache_dir()), on_progress)
     row_of = {s.path: i for i, s in enumerate(scanned.samples)}
     kept = np.asarray([row_of[s.path] for s in dataset.samples], np.int64)
     features, layouts, colours = features[kept], layouts[kept], colours[kept]

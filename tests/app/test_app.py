@@ -97,7 +97,7 @@ def make_run(runs_dir: Path, run_id: str, state: str = "succeeded", evaluation: 
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty shared workspace (so tests can look inside it), a fast fake device, and fresh Streamlit caches.
 
-    Per-session workspaces (the default) are tested in tests/test_hardening.py.
+    Per-session workspaces (the default) are tested in tests/app/test_hardening.py.
     """
     monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "ws"))
     monkeypatch.setenv("STUDIO_SHARED_WORKSPACE", "1")
@@ -466,7 +466,7 @@ print(json.dumps({"errors": errors, "loaded": sorted({m.split(".")[0] for m in s
 
 def test_no_page_imports_the_train_stack_in_the_serve_profile(tmp_path: Path) -> None:
     """Every page renders with TensorFlow, Keras and albumentations unimportable (a fresh process, so nothing
-    imported by other tests hides an import chain); tests/test_serve.py does the same from a real serve venv."""
+    imported by other tests hides an import chain); tests/serving/test_serve.py does the same from a real serve venv."""
     env = {**os.environ, "STUDIO_WORKSPACE": str(tmp_path / "ws"),
            "STUDIO_DEMO_DIR": str(tmp_path / "demo")}
     result = subprocess.run([sys.executable, "-c", BLOCKED_IMPORTS_SCRIPT, APP, *PAGES], cwd=REPO, env=env,

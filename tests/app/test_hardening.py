@@ -1,6 +1,6 @@
 """Issue 5, hardening: hostile uploads, odd images, private sessions, killed trainers, racing Starts, full disks.
 
-Every hostile file is generated here. The browser half (two sessions side by side) is in tests/test_browser.py.
+Every hostile file is generated here. The browser half (two sessions side by side) is in tests/app/test_browser.py.
 """
 
 from __future__ import annotations

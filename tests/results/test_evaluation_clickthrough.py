@@ -66,7 +66,7 @@ def make_evaluated_run(runs_dir: Path, root: Path, run_id: str = "run-click", ma
 
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A shared workspace, a fast fake device and fresh Streamlit caches (as tests/test_app.py)."""
+    """A shared workspace, a fast fake device and fresh Streamlit caches (as tests/app/test_app.py)."""
     monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "ws"))
     monkeypatch.setenv("STUDIO_SHARED_WORKSPACE", "1")
     monkeypatch.setenv("STUDIO_DEMO_DIR", str(tmp_path / "demo"))

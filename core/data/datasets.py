@@ -213,14 +213,20 @@ def _same_class_extras(group: list[str], candidates: list[tuple[str, str, str | 
     return extras
 
 
-def _build_report(root: Path, layout: str, classes: list[str], samples: list[Sample],
-                  unreadable: list[dict[str, str]], skipped: list[dict[str, str]], duplicates: list[list[str]],
-                  dropped: set[str], candidates: list[tuple[str, str, str | None]]) -> DatasetReport:
+def class_counts(classes: list[str], samples: list[Sample]) -> dict[str, dict[str, int]]:
+    """Photos per class and split folder (a class-folder dataset's all count as train), with their total."""
     counts = {name: {"train": 0, "val": 0, "test": 0, "total": 0} for name in classes}
     for sample in samples:
         row = counts[classes[sample.label]]
         row[sample.split or "train"] += 1
         row["total"] += 1
+    return counts
+
+
+def _build_report(root: Path, layout: str, classes: list[str], samples: list[Sample],
+                  unreadable: list[dict[str, str]], skipped: list[dict[str, str]], duplicates: list[list[str]],
+                  dropped: set[str], candidates: list[tuple[str, str, str | None]]) -> DatasetReport:
+    counts = class_counts(classes, samples)
     report = DatasetReport(root=str(root), layout=layout, classes=classes, counts=counts,
                            usable_images=len(samples), unreadable=unreadable, skipped=skipped,
                            duplicates=duplicates)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core import StudioError
-from core.data.datasets import OVERRIDES_SUFFIX, Dataset, Sample
+from core.data.datasets import OVERRIDES_SUFFIX, Dataset, Sample, class_counts
 from core.base.runs import write_json_atomic
 
 SUFFIX = OVERRIDES_SUFFIX
@@ -215,11 +215,7 @@ def apply_overrides(dataset: Dataset, file: Path | str | None) -> tuple[Dataset,
 def _recounted(dataset: Dataset, samples: list[Sample], applied: Applied):
     """The scan report with counts, empty classes and errors as they are after the overrides."""
     report = replace(dataset.report, warnings=list(dataset.report.warnings), errors=list(dataset.report.errors))
-    counts = {name: {"train": 0, "val": 0, "test": 0, "total": 0} for name in dataset.classes}
-    for sample in samples:
-        row = counts[dataset.classes[sample.label]]
-        row[sample.split or "train"] += 1
-        row["total"] += 1
+    counts = class_counts(dataset.classes, samples)
     report.counts, report.usable_images = counts, len(samples)
     newly_empty = [n for n in dataset.classes if counts[n]["total"] == 0 and n not in report.empty_classes]
     report.empty_classes = report.empty_classes + newly_empty

@@ -74,11 +74,12 @@ def wilson_interval(correct: int, total: int, z: float = Z_95) -> tuple[float, f
 def macro_f1(evaluation: dict[str, Any]) -> float | None:
     """Macro F1 as the evaluation saved it, else the unweighted mean F1 of the classes that had photos (a class
     absent from the evaluated photos has no recall to speak of; newer evaluations save it with the same rule)."""
+    from core.results.metrics import macro_f1 as from_per_class
+
     saved = evaluation.get("macro_f1")
     if isinstance(saved, (int, float)) and math.isfinite(saved):
         return float(saved)
-    scores = [float(row["f1"]) for row in evaluation.get("per_class") or [] if row.get("support", 0) > 0]
-    return float(np.mean(scores)) if scores else None
+    return from_per_class(evaluation.get("per_class") or [])
 
 
 def split_counts(split: dict[str, Any], classes: Sequence[str]) -> dict[str, dict[str, int]]:

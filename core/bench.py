@@ -20,7 +20,7 @@ def run(what: str, args: argparse.Namespace) -> dict[str, Any]:
         raise StudioError(f"bench {what} needs --data DIR (a labelled image folder).")
     handlers: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
         "loader": bench_loader, "train": bench_train, "recipe": bench_recipe, "scale": bench_scale,
-        "stop": bench_stop, "features": bench_features, "health": bench_health}
+        "stop": bench_stop, "features": bench_features, "health": bench_health, "serve": bench_serve}
     result = handlers[what](args)
     return {"bench": what, "machine": machine_summary(), **result}
 
@@ -380,3 +380,8 @@ def _read_status_quietly(run) -> dict[str, Any]:
         return run.read_status() or {}
     except (ValueError, OSError):  # replaced between listing and reading
         return {}
+
+
+def bench_serve(args: argparse.Namespace) -> dict[str, Any]:
+    """A serve-profile app's seconds to a listening port and peak RSS (being moved here from tests/serving)."""
+    raise StudioError("bench serve is not implemented yet.")

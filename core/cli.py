@@ -1,4 +1,5 @@
-"""Command line: app | train | evaluate | predict | inspect | status | export | health | report | doctor | bench.
+"""Command line: app | train | evaluate | predict | inspect | status | export | health | report | compare | doctor |
+bench.
 
 The result (a run folder, JSON) alone on stdout; progress, notes and a one-line `error: ...` on stderr
 (core.terminal); the exit code says how it ended (EXIT_CODES).
@@ -337,6 +338,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Two runs scored on the same photos (core.results.compare): JSON with intervals and a verdict; runs that
+    cannot be compared (other classes, other test photos) exit 2 with the reason."""
+    from core.base.runs import RunDir
+    from core.results.compare import compare_runs
+
+    try:
+        first, second = RunDir.open(args.run_a, args.models_dir), RunDir.open(args.run_b, args.models_dir)
+        result = compare_runs(first, second, data=Path(args.data) if args.data else None, seed=args.seed)
+    except StudioError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _print_json(result)
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from core import bench
 
@@ -376,6 +393,7 @@ The path of a dataset, in order:
   predict RUN IMG...  top-k classes per photo as JSON
   export RUN          Keras, SavedModel, TFLite (float32/16, int8) and ONNX, each checked against Keras
   report RUN          one self-contained HTML report for people who will not open the app
+  compare RUN RUN     two runs on the same photos: differences with 95% intervals, McNemar's test, a verdict
   doctor, bench       what training runs on here, and measurements (docs/benchmarks.md)
 
 The result (a run folder, JSON) is alone on stdout. Long commands show one line per phase on stderr: a bar with
@@ -507,13 +525,26 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     report.add_argument("run", help="run folder or run id")
     report.add_argument("--out", help="the HTML file to write, or a folder (default: report-<run id>.html here)")
     report.set_defaults(func=cmd_report)
+    compare = _command(sub, "compare", help="two runs scored on the same photos: accuracy and macro-F1 differences "
+                       "with 95% intervals (paired bootstrap), McNemar's test, per-class differences and a verdict")
+    compare.add_argument("run_a", help="run folder or run id")
+    compare.add_argument("run_b", help="run folder or run id")
+    compare.add_argument("--data", default=None, help="a labelled folder to score both on (default: the runs' own "
+                         "test photos, which must be the same)")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    compare.set_defaults(func=cmd_compare)
     bench = _command(sub, "bench", help="measure: loader | train | recipe throughput, scale (memory, disk, "
                      "time per phase by dataset size), stop (seconds to stop in each phase)")
-    bench.add_argument("what", choices=["loader", "train", "recipe", "scale", "stop", "features", "health"],
+    bench.add_argument("what", choices=["loader", "train", "recipe", "scale", "stop", "features", "health", "serve"],
                        help="loader: images/s per loader; train: steps/s per phase; recipe: this recipe against "
                        "the tutorial's, accuracy and whole-run time; scale: memory, disk and time by dataset size; "
                        "stop: seconds to stop in each phase; features: pooled stages by re-splits; health: the "
-                       "health check against one feature pass")
+                       "health check against one feature pass; serve: a serve-profile app's seconds to a "
+                       "listening port and peak memory")
+    bench.add_argument("--venv", default=None, help="serve: a serve-profile virtual environment "
+                       "(pip install -r requirements.txt)")
+    bench.add_argument("--demo", default=None, help="serve: the folder holding the demo bundle(s) to serve")
+    bench.add_argument("--photos", type=int, default=10, help="serve: photos classified in the browser")
     bench.add_argument("--data", default=None, help="loader, recipe: the image folder; train: also measure fine-tune "
                                                      "steps fed by the real loader from it (real vs synthetic)")
     bench.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto",

@@ -393,7 +393,7 @@ The path of a dataset, in order:
   predict RUN IMG...  top-k classes per photo as JSON
   export RUN          Keras, SavedModel, TFLite (float32/16, int8) and ONNX, each checked against Keras
   report RUN          one self-contained HTML report for people who will not open the app
-  compare RUN RUN     two runs on the same photos: differences with 95% intervals, McNemar's test, a verdict
+  compare RUN RUN     two runs on the same photos: differences with 95%% intervals, McNemar's test, a verdict
   doctor, bench       what training runs on here, and measurements (docs/benchmarks.md)
 
 The result (a run folder, JSON) is alone on stdout. Long commands show one line per phase on stderr: a bar with
@@ -526,7 +526,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     report.add_argument("--out", help="the HTML file to write, or a folder (default: report-<run id>.html here)")
     report.set_defaults(func=cmd_report)
     compare = _command(sub, "compare", help="two runs scored on the same photos: accuracy and macro-F1 differences "
-                       "with 95% intervals (paired bootstrap), McNemar's test, per-class differences and a verdict")
+                       "with 95%% intervals (paired bootstrap), McNemar's test, per-class differences and a verdict")
     compare.add_argument("run_a", help="run folder or run id")
     compare.add_argument("run_b", help="run folder or run id")
     compare.add_argument("--data", default=None, help="a labelled folder to score both on (default: the runs' own "

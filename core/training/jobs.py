@@ -47,12 +47,14 @@ _children: dict[int, subprocess.Popen] = {}
 
 
 def start_training(config: TrainConfig, models_dir: Path, run_name: str = "", python: str | None = None,
-                   lock_dir: Path | None = None) -> RunDir:
+                   lock_dir: Path | None = None, after_own: bool = False) -> RunDir:
     """Write the config and a queued status into a new run folder, then launch the trainer on it.
 
     `lock_dir` is shared by everyone who must take turns (the app passes the root workspace, so two sessions'
     runs never train at once); the check and the launch happen under one file lock, so two Start clicks
-    arriving together start one job.
+    arriving together start one job. `after_own`: a run of this folder that is still queued or training does
+    not refuse the start; this one waits in the queue behind it (the second run of an experiment pair,
+    core.training.pairs).
     """
     from core.training.hosting import check_training_limits
     from core.base.workspace import workspace_of
@@ -66,10 +68,10 @@ def start_training(config: TrainConfig, models_dir: Path, run_name: str = "", py
     lock_dir = Path(lock_dir or models_dir)
     with start_lock(lock_dir):
         busy = active_run(models_dir)
-        if busy is not None:
+        if busy is not None and not after_own:
             raise StudioError(f"Run {busy.run_id} is still {run_state(busy)['state']}; stop it or wait for it to "
                               "finish before starting another (one training at a time).")
-        if slot_busy(lock_dir) or _queue_entries(lock_dir):  # first come, first served
+        if busy is not None or slot_busy(lock_dir) or _queue_entries(lock_dir):  # first come, first served
             return _enqueue(config, models_dir, run_name, python, lock_dir)
         run = _create_run(config, models_dir, run_name)
         _start_trainer(run, models_dir, python, lock_dir)

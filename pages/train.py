@@ -6,7 +6,7 @@ import streamlit as st
 
 from core import StudioError
 from core.results import charts
-from core.training import jobs
+from core.training import jobs, pairs
 from core.base.backbones import BACKBONES, DEFAULT_BACKBONE
 from core.base.config import TrainConfig
 from core.training.hosting import training_limits
@@ -20,6 +20,7 @@ from pages._session import current_augmentation, current_workspace, ensure_app_s
 
 POLL_SECONDS = 2.0
 SEEN_STATE_KEY = "train_seen_state"  # (run id, state, active) at the last redraw, to notice a run changing state
+PAIR_SEEN_KEY = "train_seen_pair"  # (pair number, each run's state) at the last redraw of the newest pair
 IMAGE_SIZES = [96, 128, 160, 192, 224, 240, 256, 260, 288, 300, 320, 380, 384, 456, 528, 600]
 LEARNING_RATES = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 DEFAULTS = TrainConfig()
@@ -45,6 +46,9 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
     backbone = left.selectbox("Backbone", names, index=names.index(DEFAULT_BACKBONE) if DEFAULT_BACKBONE in names
                               else 0, key="backbone",
                               format_func=lambda n: f"{BACKBONES[n].label} · {BACKBONES[n].native_size} px")
+    notes = getattr(BACKBONES[backbone], "notes", "")  # what a backbone is for, when the registry says
+    if notes:
+        left.caption(notes[:1].upper() + notes[1:] + ".")
     native = BACKBONES[backbone].native_size
     recipe = BACKBONES[backbone].recipe_size
     size = middle.select_slider("Image size (pixels)", sizes, value=recipe if recipe in sizes else sizes[-1],
@@ -110,6 +114,84 @@ def start(values: dict) -> None:
         return
     remember_run(run)
     st.rerun()
+
+
+def pair_starter(values: dict, disabled: bool) -> None:
+    """One click starts two runs that differ in one setting (core.training.pairs), the second queued behind the
+    first, both with these settings otherwise."""
+    kinds = {k.name: k for k in pairs.available_kinds()}
+    with st.container(border=True, key="pair_starter"):
+        left, right = st.columns([4, 1])
+        chosen = left.selectbox("Experiment pair: two runs that differ in one setting, on the same split and seed",
+                                list(kinds), format_func=lambda n: kinds[n].title, key="pair_kind")
+        left.caption(kinds[chosen].explanation + " Both use the settings above otherwise and train one after the "
+                     "other; when both have finished, Compare says what the difference is worth.")
+        right.write("")  # aligns the button with the select box
+        if right.button("Start the pair", icon=":material/compare_arrows:", disabled=disabled, key="start_pair"):
+            try:
+                pair = pairs.start_pair(chosen, TrainConfig.from_dict(values), current_workspace().runs_dir(),
+                                        values.get("run_name", ""), lock_dir=workspace_dir())
+            except StudioError as err:
+                show_error(err)
+                return
+            remember_run(pair.first)
+            st.rerun()
+
+
+def pair_section() -> None:
+    """The newest experiment pair of this workspace: where each run stands, Stop the pair while it trains, and
+    Compare this pair once both have finished. While it trains the page follows the run that is training."""
+    found = pairs.find_pairs(current_workspace(sync_address=False).runs_dir())
+    if not found:
+        return
+    pair = found[0]
+    state = pairs.pair_state(pair)
+    if state.active and selected_run_id() in pair.run_ids():
+        follow = pairs.run_to_follow(pair, state)
+        if follow is not None and follow.run_id != selected_run_id():
+            remember_run(follow)
+    st.session_state[PAIR_SEEN_KEY] = (pair.number, tuple(v.state if v else None for v in state.views))
+    if state.active:
+        live_pair(pair.number)
+    else:
+        pair_panel(pair, state)
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def live_pair(number: int) -> None:
+    """The pair's panel, redrawn every few seconds while one of its runs is queued or training; a run changing
+    state redraws the whole page (the run shown, Start and the sidebar follow it)."""
+    pair = pairs.find_pair(current_workspace(sync_address=False).runs_dir(), number)
+    if pair is None:
+        return
+    state = pairs.pair_state(pair)
+    seen = (pair.number, tuple(v.state if v else None for v in state.views))
+    if st.session_state.get(PAIR_SEEN_KEY) != seen:
+        st.session_state[PAIR_SEEN_KEY] = seen
+        st.rerun()
+    pair_panel(pair, state)
+
+
+def pair_panel(pair: pairs.Pair, state: pairs.PairState) -> None:
+    """Each run of the pair with its state (a bar while it trains), the pair's sentence and its one button."""
+    with st.container(border=True, key="pair_panel"):
+        st.markdown(f"**{pair.title}**")
+        for (role, label, run), view, run_id in zip(pair.members(), state.views, pair.run_ids()):
+            line = f"{role} · {label} · {run_id}"
+            if view is not None and view.active:
+                st.progress(view.fraction, text=f"{line}: {view.caption if view.queue is None else view.label}")
+            else:
+                st.caption(f"{line}: {view.state if view is not None else 'deleted'}")
+        if state.comparable:
+            st.success(state.sentence, icon=":material/check_circle:")
+            if st.button("Compare this pair", type="primary", icon=":material/compare_arrows:", key="compare_pair"):
+                st.switch_page("pages/evaluate.py", query_params={"pair": str(pair.number)})
+        elif state.active:
+            st.caption(state.sentence)
+            st.button("Stop the pair", icon=":material/stop_circle:", key="stop_pair", on_click=pairs.stop_pair,
+                      args=(pair,))
+        else:
+            st.warning(state.sentence, icon=":material/info:")
 
 
 def phase_steps(view: jobs.RunView) -> str:
@@ -273,8 +355,10 @@ if dataset is not None:
                        "place in line and an estimate of when it starts.")
         if st.button("Start training", type="primary", icon=":material/play_arrow:", disabled=active is not None):
             start(values)
+        pair_starter(values, disabled=active is not None)
         cache_section(busy=active is not None)
 
+pair_section()
 shown = run_to_show()
 if shown is not None:
     st.divider()

@@ -8,16 +8,16 @@ import streamlit as st
 
 from core import StudioError
 from core.results import charts
-from core.training import jobs
+from core.training import jobs, pairs
 from core.serving import profile
 from core.results.metrics import cell_photos, mistake_count
 from core.data.previews import mistakes_with_images, thumbnail
-from core.base.runs import RUN_ID, RunDamaged, evaluation_problem
+from core.base.runs import RUN_ID, RunDamaged, RunDir, evaluation_problem
 from core.base.safetext import csv_cell, markdown_literal, shorten
 from pages._report import report_download
 from pages._common import literal_names, show_error
 from pages._loaders import load_bundle
-from pages._model_choice import no_model_message, pick_model
+from pages._model_choice import no_model_message, pick_model, run_label
 from pages._session import current_workspace, ensure_app_shell, runs
 
 # An absolute path inside an error text (Keras and converters name the files they choke on): only its last part is
@@ -615,15 +615,259 @@ def settings_row(run, epochs: list[dict]) -> dict:
             "test/val accuracy": evaluation.get("accuracy"), "macro AUC": evaluation.get("macro_auc")}
 
 
+# ------------------------------------------------------------------------------------------------ two runs compared
+PAIR_PARAM = "pair"  # ?pair=<number>: the experiment pair Compare opens on (Train's "Compare this pair")
+MY_CHOICE = 0  # the pair picker's entry for two runs chosen by hand (pair numbers start at 1)
+COMPARE_DATA_KEY = "compare_data"  # (run A, run B, folder): the labelled folder both runs were last scored on
+
+
 def compare() -> None:
-    """Overlay validation curves of several runs and list their final numbers and settings."""
+    """Two finished runs scored on the same photos (core.results.compare), then every run's numbers side by side."""
     if not profile.is_train_profile():
         st.caption("Comparing runs works on the runs trained in this workspace, which needs the train profile.")
         return
-    everything = runs()
-    if len(everything) < 2:
-        st.caption("Train a second run to compare runs here.")
+    if len(runs()) < 2:
+        st.caption("Train a second run to compare runs here, or start an experiment pair on the Train page.")
         return
+    two_runs()
+    st.divider()
+    side_by_side()
+
+
+def finished_runs() -> list:
+    """Runs that ended with a model and an evaluation, newest first: the ones a comparison can score."""
+    finished = []
+    for run in runs():
+        view = jobs.run_view(run)
+        if view.active or not view.has_model:
+            continue
+        try:
+            if run.read_evaluation():
+                finished.append(run)
+        except RunDamaged:
+            continue
+    return finished
+
+
+def pick_pair(found: list[pairs.Pair]) -> pairs.Pair | None:
+    """The experiment pair to compare, from ?pair= (Train's "Compare this pair"), else the newest pair whose runs
+    both finished; MY_CHOICE (None) lets the person choose two runs by hand. Keeps ?pair= in step."""
+    numbers = [p.number for p in found]
+    states = {p.number: pairs.pair_state(p) for p in found}
+    wanted = st.query_params.get(PAIR_PARAM)
+    if st.session_state.get("compare_pair") not in (MY_CHOICE, *numbers):  # first drawn (or its pair deleted)
+        ready = next((n for n in numbers if states[n].comparable), MY_CHOICE)
+        st.session_state["compare_pair"] = int(wanted) if wanted and wanted.isdigit() \
+            and int(wanted) in (MY_CHOICE, *numbers) else ready
+    by_number = {p.number: p for p in found}
+    marks = {"ready": "both finished", "training": "still training", "unfinished": "cannot be compared"}
+
+    def label(number: int) -> str:
+        if number == MY_CHOICE:
+            return "Two runs of my choice"
+        return f"{by_number[number].title} ({marks[states[number].state]})"
+
+    number = st.selectbox("Experiment pair", [*numbers, MY_CHOICE], format_func=label, key="compare_pair")
+    if number == MY_CHOICE:
+        # Kept as ?pair=0 rather than dropped: the page's tabs open on Compare while ?pair= is there, and a default
+        # that changed under a person's eyes could move them to the other tab.
+        if PAIR_PARAM in st.query_params and st.query_params[PAIR_PARAM] != str(MY_CHOICE):
+            st.query_params[PAIR_PARAM] = str(MY_CHOICE)
+        return None
+    if st.query_params.get(PAIR_PARAM) != str(number):
+        st.query_params[PAIR_PARAM] = str(number)
+    return by_number[number]
+
+
+def two_runs() -> None:
+    """Choose runs A and B (an experiment pair, or two runs by hand) and show what core.results.compare says."""
+    st.subheader("Two runs on the same photos")
+    st.caption("Both runs are scored on the same test photos. The differences come with 95% intervals (a paired "
+               "bootstrap over the photos) and McNemar's test on the photos only one of the two gets right, so a "
+               "difference that chance alone could make is called so.")
+    found = pairs.find_pairs(current_workspace(sync_address=False).runs_dir())
+    pair = pick_pair(found) if found else None
+    if pair is not None:
+        state = pairs.pair_state(pair)
+        if not state.comparable:
+            (st.info if state.active else st.warning)(state.sentence, icon=":material/info:")
+            if state.active:
+                st.page_link("pages/train.py", label="Watch it on the Train page", icon=":material/model_training:")
+            return
+        first, second = pair.first, pair.second
+        st.caption(f"{pair.title}: A is {pair.kind.labels[0]} ({id_text(first.run_id)}), B is "
+                   f"{pair.kind.labels[1]} ({id_text(second.run_id)}); every other setting is the same.")
+    else:
+        finished = finished_runs()
+        if len(finished) < 2:
+            st.caption("Two runs that finished with an evaluation are needed; the others are listed below.")
+            return
+        ids = [r.run_id for r in finished]
+        labels = {r.run_id: run_label(r) for r in finished}
+        left, right = st.columns(2)
+        a = left.selectbox("Run A", ids, index=0, format_func=labels.get, key="compare_a")
+        b = right.selectbox("Run B", ids, index=1, format_func=labels.get, key="compare_b")
+        if a == b:
+            st.caption("Choose two different runs.")
+            return
+        first, second = finished[ids.index(a)], finished[ids.index(b)]
+    data = other_folder(first, second)
+    try:
+        with st.spinner("Scoring both runs on the same photos…"):
+            result = comparison(str(first.path), str(second.path), str(data) if data else None,
+                                _stamp(first) + _stamp(second))
+    except StudioError as err:
+        st.warning(literal_names(str(err), [*_classes(first), *_classes(second)], [data] if data else []),
+                   icon=":material/block:")
+        return
+    comparison_view(result, first, second)
+
+
+def _classes(run) -> list[str]:
+    try:
+        return run.read_classes()
+    except RunDamaged:
+        return []
+
+
+def _stamp(run) -> tuple:
+    """When the run's model and evaluations last changed: a new evaluation makes a new comparison."""
+    files = [run.file("model.keras"), run.file("evaluation.json"), run.file("evaluations")]
+    return tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in files)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def comparison(first: str, second: str, data: str | None, stamp: tuple) -> dict:
+    """core.results.compare.compare_runs, kept while neither run changes (`stamp`)."""
+    from core.results.compare import compare_runs
+
+    return compare_runs(RunDir(first), RunDir(second), data=Path(data) if data else None)
+
+
+def other_folder(first, second) -> Path | None:
+    """The labelled folder of this workspace both runs were last asked to be scored on, or None for the runs'
+    own test photos; a select box and a button to choose one."""
+    from core.data.ingest import list_datasets
+
+    key = (first.run_id, second.run_id)
+    saved = st.session_state.get(COMPARE_DATA_KEY)
+    chosen = Path(saved[2]) if saved and saved[:2] == key and Path(saved[2]).is_dir() else None
+    with st.expander("Score both on another labelled folder"):
+        st.caption("A folder with one sub-folder of photos per class (all or some of the runs' classes), uploaded "
+                   "as a dataset of this workspace (the Data page, or 'Evaluate on a labelled test folder' under "
+                   "One run). Both runs score every photo in it.")
+        folders = list_datasets(current_workspace(sync_address=False).datasets_dir())
+        if not folders:
+            st.caption("This workspace has no dataset to choose yet.")
+        else:
+            st.selectbox("Labelled folder", folders, format_func=lambda p: shorten(p.name), key="compare_folder")
+            left, right = st.columns(2)
+            # Callbacks: the choice is made before the page is drawn, so the buttons below already agree with it.
+            left.button("Compare on this folder", key="compare_on_folder", on_click=lambda: st.session_state.update(
+                {COMPARE_DATA_KEY: (*key, str(st.session_state["compare_folder"]))}))
+            if chosen is not None:
+                right.button("Back to the runs' own test photos", key="compare_own",
+                             on_click=lambda: st.session_state.pop(COMPARE_DATA_KEY, None))
+    if chosen is not None:
+        st.caption(f"Scored on the labelled folder {markdown_literal(chosen.name, 60)} rather than the runs' own "
+                   "test photos.")
+    return chosen
+
+
+def comparison_view(result: dict, first, second) -> None:
+    """The verdict first, then the two differences with their intervals, McNemar's test, the classes and the
+    curves of both runs overlaid."""
+    names = ("A", "B")
+    entries = result.get("runs") or [{}, {}]
+    verdict = markdown_literal(result.get("verdict") or "")
+    with st.container(key="compare_verdict"):
+        (st.success if result.get("significant") else st.info)(f"**{verdict}**", icon=":material/balance:")
+    photos = result.get("photos")
+    source = result.get("source")
+    st.caption(f"Scored on {photos:,} photos" if isinstance(photos, int) else "Scored on the same photos",
+               help=markdown_literal(f"Photos: {source}") if source else None)
+    cols = st.columns(4)
+    for col, key, title in ((cols[0], "accuracy", "Accuracy"), (cols[1], "macro_f1", "Macro F1")):
+        figure = result.get(key) or {}
+        col.metric(f"{title}: A − B", _points(figure.get("difference")),
+                   help=f"{title} of A {_share_text(figure.get('a'))}, of B {_share_text(figure.get('b'))}.")
+        col.caption(f"95% interval {_interval(figure.get('ci95'))}")
+    mcnemar = result.get("mcnemar") or {}
+    p_value = mcnemar.get("p_value")
+    cols[2].metric("McNemar's p", f"{p_value:.3g}" if isinstance(p_value, (int, float)) else "n/a",
+                   help="How likely a split at least this uneven between the photos only A gets right and those "
+                        "only B gets right would be if the two runs were equally good.")
+    cols[2].caption(f"Only A right: {mcnemar.get('a_only_right', 'n/a')} · only B right: "
+                    f"{mcnemar.get('b_only_right', 'n/a')}")
+    cols[3].metric("Significant", "yes" if result.get("significant") else "no",
+                   help="Yes when the accuracy interval leaves out 0 and McNemar's p is below 0.05.")
+    st.dataframe(cells([_run_row(name, entry, result) for name, entry in zip(names, entries)]), hide_index=True,
+                 width="stretch")
+    per_class = result.get("per_class") or []
+    if per_class:
+        left, right = st.columns([3, 2])
+        left.plotly_chart(charts.class_difference_figure(per_class), key="compare_classes")
+        table = cells([{"class": row.get("class"), "recall A": row.get("recall_a"), "recall B": row.get("recall_b"),
+                        "A − B (points)": 100 * row["difference"] if isinstance(row.get("difference"), (int, float))
+                        else None} for row in per_class])
+        right.dataframe(table.style.format({"recall A": "{:.1%}", "recall B": "{:.1%}", "A − B (points)": "{:+.1f}"},
+                                           na_rep="—"), hide_index=True, width="stretch")
+    curves = _curves(result, (first, second))
+    if any(curves.values()):
+        left, right = st.columns(2)
+        left.plotly_chart(charts.compare_figure(curves, "val_accuracy"), key="compare_pair_accuracy")
+        right.plotly_chart(charts.compare_figure(curves, "val_loss"), key="compare_pair_loss")
+
+
+def _run_row(name: str, entry: dict, result: dict) -> dict:
+    """One run of the comparison as a table row: which run, what it is, and its two scores."""
+    row = {"": name, "run": entry.get("id"), "what": entry.get("label") or entry.get("backbone"),
+           "accuracy": _share_text((result.get("accuracy") or {}).get(name.lower())),
+           "macro F1": _share_text((result.get("macro_f1") or {}).get(name.lower()))}
+    differs = entry.get("settings") or entry.get("differs")
+    if isinstance(differs, dict) and differs:
+        row["settings that differ"] = ", ".join(f"{k}: {shorten(v, 40)}" for k, v in differs.items())
+    return row
+
+
+def _curves(result: dict, members: tuple) -> dict[str, list[dict]]:
+    """Each run's epoch lines, keyed 'A · run id' for the legend: from the comparison when it carries them (a list
+    in run order, or a mapping by run id), else read from the run folders."""
+    given = result.get("curves")
+    out = {}
+    for index, (name, run) in enumerate(zip(("A", "B"), members)):
+        records = None
+        if isinstance(given, (list, tuple)) and len(given) == 2:
+            records = given[index]
+        elif isinstance(given, dict):
+            records = given.get(run.run_id, given.get(name.lower(), given.get(name)))
+        if isinstance(records, dict):
+            records = records.get("epochs") or records.get("records")
+        if not isinstance(records, list):
+            records = run.read_metric_lines().records
+        out[f"{name} · {run.run_id}"] = charts.epoch_rows([r for r in records if isinstance(r, dict)])
+    return out
+
+
+def _points(value) -> str:
+    return f"{100 * value:+.1f} points" if isinstance(value, (int, float)) else "n/a"
+
+
+def _share_text(value) -> str:
+    return f"{value:.1%}" if isinstance(value, (int, float)) else "n/a"
+
+
+def _interval(interval) -> str:
+    if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(isinstance(v, (int, float))
+                                                                        for v in interval):
+        return f"{100 * interval[0]:+.1f} to {100 * interval[1]:+.1f} points"
+    return "n/a"
+
+
+def side_by_side() -> None:
+    """Overlay validation curves of several runs and list their final numbers and settings."""
+    everything = runs()
+    st.subheader("All runs side by side")
     ids = [r.run_id for r in everything]
     # Preselected: the newest runs with a usable model (core.training.jobs.model_verdict); others can still be added.
     usable = [r.run_id for r in everything if jobs.run_view(r).model.usable]
@@ -653,7 +897,9 @@ def compare() -> None:
 
 ensure_app_shell()
 st.title("Evaluate")
-single, several = st.tabs(["One run", "Compare runs"])
+# Train's "Compare this pair" opens the page on the comparison (?pair=N).
+single, several = st.tabs(["One run", "Compare runs"], default="Compare runs" if st.query_params.get(PAIR_PARAM)
+                          else None)
 with single:
     single_run()
 with several:

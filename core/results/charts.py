@@ -225,16 +225,44 @@ def top_k_figure(top_k: Sequence[dict[str, Any]], height: int = 220) -> go.Figur
 
 
 def compare_figure(curves: dict[str, Sequence[dict[str, Any]]], metric: str = "val_accuracy") -> go.Figure:
-    """One line per run of a validation metric, to compare runs."""
+    """One line per run of a validation metric, to compare runs (a run's name may be a visitor's: as text)."""
     fig = go.Figure()
     for name, epochs in curves.items():
-        fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e.get(metric) for e in epochs], name=name,
+        fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e.get(metric) for e in epochs], name=label_text(name, 60),
                         mode="lines+markers")
     label = metric.replace("val_", "validation ").replace("_", " ")
     fig.update_layout(title=f"{label.capitalize()} per epoch", xaxis_title="epoch", yaxis_title=label, **_LAYOUT)
     if metric.endswith("accuracy"):
         fig.update_yaxes(tickformat=".0%")
     return fig
+
+
+def class_difference_figure(per_class: Sequence[dict[str, Any]], first: str = "A", second: str = "B",
+                            key: str = "difference") -> go.Figure:
+    """Per class, how much more often run A recognises it than run B (recall difference, in points): one
+    horizontal bar per class, green where A does better, orange where B does."""
+    names = [str(row.get("class")) for row in per_class]
+    values = [100 * float(row[key]) if isinstance(row.get(key), (int, float)) else 0.0 for row in per_class]
+    hover = [[label_text(n, None), _share(row.get("recall_a")), _share(row.get("recall_b"))]
+             for n, row in zip(names, per_class)]
+    positions = list(range(len(names)))
+    fig = go.Figure(go.Bar(x=values, y=positions, orientation="h", customdata=hover,
+                           marker_color=[ACCENT if v >= 0 else VAL_COLOUR for v in values],
+                           text=[f"{v:+.1f}" for v in values], textposition="auto",
+                           hovertemplate="%{customdata[0]}<br>recall " + label_text(first) + " %{customdata[1]}, "
+                                         + label_text(second) + " %{customdata[2]}<br>difference %{x:+.1f} points"
+                                                                "<extra></extra>"))
+    fig.add_vline(x=0, line_color="grey")
+    fig.update_layout(title=f"Recall per class: {label_text(first)} minus {label_text(second)} (points)",
+                      xaxis_title="points", margin=dict(l=10, r=10, t=40, b=10), height=max(240, 28 * len(names) + 100),
+                      showlegend=False)
+    _category_axis(fig, "y", names)
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def _share(value: Any) -> str:
+    return f"{value:.0%}" if isinstance(value, (int, float)) and np.isfinite(value) else "n/a"
 
 
 def head_fit_caption(epochs: list[dict]) -> str:

@@ -1,0 +1,166 @@
+"""Evaluate's Compare tab (issue 20): two runs, or an experiment pair, scored on the same photos by
+core.results.compare.compare_runs; its verdict, intervals, McNemar's test, classes and curves, and its refusals."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import StudioError
+from core.training import pairs
+from test_app import APP, CLASSES, make_run, no_exceptions, texts, workspace  # noqa: F401 (workspace: fixture)
+from test_pairs import make_pair
+
+VERDICT = "A (augmentation): 90.0%, B (no augmentation): 60.0%: +30.0 points (95% CI 20.0–40.0), not chance."
+
+
+def fake_result(first: str, second: str) -> dict:
+    """What compare_runs returns, by its contract (issue 20)."""
+    return {"runs": [{"id": first, "label": "augmentation", "backbone": "efficientnet_lite0",
+                      "settings": {"augmentation": "light"}},
+                     {"id": second, "label": "no augmentation", "backbone": "efficientnet_lite0",
+                      "settings": {"augmentation": "none"}}],
+            "photos": 40, "source": "the test split both runs share",
+            "accuracy": {"a": 0.9, "b": 0.6, "difference": 0.3, "ci95": [0.2, 0.4]},
+            "macro_f1": {"a": 0.88, "b": 0.55, "difference": 0.33, "ci95": [0.21, 0.45]},
+            "mcnemar": {"a_only_right": 13, "b_only_right": 1, "p_value": 0.0018},
+            "per_class": [{"class": c, "recall_a": 0.9, "recall_b": 0.6 + 0.1 * i, "difference": 0.3 - 0.1 * i}
+                          for i, c in enumerate(CLASSES)],
+            "significant": True, "verdict": VERDICT,
+            "curves": [[{"kind": "epoch", "epoch": 1, "val_accuracy": 0.5, "val_loss": 1.0},
+                        {"kind": "epoch", "epoch": 2, "val_accuracy": 0.8, "val_loss": 0.6}],
+                       [{"kind": "epoch", "epoch": 1, "val_accuracy": 0.4, "val_loss": 1.2}]]}
+
+
+@pytest.fixture
+def fake_compare(monkeypatch: pytest.MonkeyPatch) -> list:
+    """compare_runs replaced by the contract's dict; returns the calls (first id, second id, data)."""
+    calls = []
+
+    def compare_runs(first, second, data=None, seed=0):
+        calls.append((first.run_id, second.run_id, data))
+        return fake_result(first.run_id, second.run_id)
+
+    monkeypatch.setattr("core.results.compare.compare_runs", compare_runs)
+    return calls
+
+
+def unescaped(markdown: str) -> str:
+    """Markdown as it reads on the page: its backslash escapes dropped."""
+    import re
+
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
+def compare_tab(query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    at.run()
+    at.switch_page("pages/evaluate.py").run()
+    no_exceptions(at)
+    return at
+
+
+def test_the_newest_finished_pair_is_compared_with_its_verdict_intervals_classes_and_curves(
+        workspace: Path, fake_compare: list) -> None:
+    runs = workspace / "runs"
+    make_pair(runs, ("succeeded", "succeeded"), 1)
+    make_pair(runs, ("succeeded", "failed"), 2)  # newer, but it cannot be compared
+    at = compare_tab()
+    assert at.selectbox(key="compare_pair").value == 1
+    assert fake_compare == [("run-p1-a", "run-p1-b", None)]
+    assert [s.value for s in at.success if VERDICT in unescaped(s.value)]  # the verdict, prominent
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Accuracy: A − B"] == "+30.0 points" and metrics["Macro F1: A − B"] == "+33.0 points"
+    assert metrics["McNemar's p"] == "0.0018" and metrics["Significant"] == "yes"
+    said = texts(at)
+    assert "95% interval +20.0 to +40.0 points" in said and "95% interval +21.0 to +45.0 points" in said
+    assert "Only A right: 13 · only B right: 1" in said
+    assert "Pair 1: augmentation vs none: A is augmentation (run-p1-a), B is no augmentation (run-p1-b)" in said
+    charts = {c.proto.id for c in at.get("plotly_chart")}
+    assert len(charts) >= 3
+    tables = [d.value for d in at.dataframe]
+    per_class = next(t for t in tables if "recall A" in t.columns)
+    assert list(per_class["class"]) == CLASSES and per_class["A − B (points)"].round(1).tolist() == [30.0, 20.0, 10.0]
+    assert at.query_params["pair"] in (["1"], "1")
+
+
+def test_an_unfinished_pair_says_why_and_is_not_compared(workspace: Path, fake_compare: list) -> None:
+    make_pair(workspace / "runs", ("succeeded", "stopped"), 1)
+    at = compare_tab({"pair": "1"})
+    assert at.selectbox(key="compare_pair").value == 1
+    assert "run B (no augmentation) was stopped before it finished" in texts(at)
+    assert fake_compare == []
+    assert not [s for s in at.success if VERDICT in unescaped(s.value)]
+
+
+def test_two_runs_chosen_by_hand_and_a_refusal_in_words(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = workspace / "runs"
+    make_run(runs, "run-x")
+    time.sleep(0.01)
+    make_run(runs, "run-y")
+
+    def refuse(first, second, data=None, seed=0):
+        raise StudioError(f"Runs {first.run_id} and {second.run_id} were tested on different photos, so their "
+                          "scores cannot be compared: train them on the same split.")
+
+    monkeypatch.setattr("core.results.compare.compare_runs", refuse)
+    at = compare_tab()
+    assert not [s for s in at.selectbox if s.key == "compare_pair"]  # no pair: two runs of the person's choice
+    assert (at.selectbox(key="compare_a").value, at.selectbox(key="compare_b").value) == ("run-y", "run-x")
+    assert any("run-y and run-x were tested on different photos" in w.value for w in at.warning)
+    at.selectbox(key="compare_b").set_value("run-y").run()
+    assert "Choose two different runs." in texts(at)
+
+
+def test_both_runs_scored_on_another_labelled_folder(workspace: Path, fake_compare: list) -> None:
+    runs = workspace / "runs"
+    make_pair(runs, ("succeeded", "succeeded"), 1)
+    from core.data.ingest import COMPLETE_MARKER
+
+    folder = workspace / "datasets" / "new-photos"
+    for name in CLASSES:
+        (folder / name).mkdir(parents=True)
+    (folder / COMPLETE_MARKER).write_text("")
+    at = compare_tab()
+    assert fake_compare[-1][2] is None
+    at.selectbox(key="compare_folder").set_value(folder)
+    at.button(key="compare_on_folder").click().run()
+    no_exceptions(at)
+    assert fake_compare[-1] == ("run-p1-a", "run-p1-b", folder)
+    calls = len(fake_compare)
+    at.button(key="compare_own").click().run()
+    no_exceptions(at)
+    assert len(fake_compare) == calls  # the runs' own photos again: their earlier comparison is kept, not redone
+    assert "compare_data" not in at.session_state and not [b for b in at.button if b.key == "compare_own"]
+
+
+def test_a_run_name_or_class_in_the_verdict_stays_text(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_pair(workspace / "runs", ("succeeded", "succeeded"), 1)
+
+    def compare_runs(first, second, data=None, seed=0):
+        result = fake_result(first.run_id, second.run_id)
+        result["verdict"] = "[click](https://evil.example) **A**: 90.0%, B: 60.0%"
+        result["per_class"][0]["class"] = "<b>roses</b>"
+        return result
+
+    monkeypatch.setattr("core.results.compare.compare_runs", compare_runs)
+    at = compare_tab()
+    verdict = next(s.value for s in at.success if "evil" in s.value)
+    assert "[click](https" not in verdict and "\\*\\*A\\*\\*" in verdict  # shown as written: no link, no bold
+    figure = "".join(c.proto.spec for c in at.get("plotly_chart"))
+    assert "<b>roses" not in figure and "&lt;b&gt;roses" in figure
+
+
+def test_compare_tab_without_a_second_run(workspace: Path, fake_compare: list) -> None:
+    make_run(workspace / "runs", "run-only")
+    at = compare_tab()
+    assert "Train a second run to compare runs here, or start an experiment pair on the Train page." in texts(at)
+    shutil.rmtree(workspace / "runs")
+    assert fake_compare == []
+    assert pairs.find_pairs(workspace / "runs") == []

@@ -682,9 +682,9 @@ def pick_pair(found: list[pairs.Pair]) -> pairs.Pair | None:
 def two_runs() -> None:
     """Choose runs A and B (an experiment pair, or two runs by hand) and show what core.results.compare says."""
     st.subheader("Two runs on the same photos")
-    st.caption("Both runs are scored on the same test photos. The differences come with 95% intervals (a paired "
-               "bootstrap over the photos) and McNemar's test on the photos only one of the two gets right, so a "
-               "difference that chance alone could make is called so.")
+    st.caption("Both runs are scored on the same test photos. The differences (B minus A) come with 95% intervals "
+               "(a paired bootstrap over the photos) and McNemar's test on the photos only one of the two gets right, "
+               "so a difference that chance alone could make is called so.")
     found = pairs.find_pairs(current_workspace(sync_address=False).runs_dir())
     pair = pick_pair(found) if found else None
     if pair is not None:
@@ -775,21 +775,22 @@ def other_folder(first, second) -> Path | None:
 
 
 def comparison_view(result: dict, first, second) -> None:
-    """The verdict first, then the two differences with their intervals, McNemar's test, the classes and the
-    curves of both runs overlaid."""
-    names = ("A", "B")
-    entries = result.get("runs") or [{}, {}]
+    """The verdict first, then the two differences (B minus A, as core.results.compare gives them) with their
+    intervals, McNemar's test, the classes and the curves of both runs overlaid."""
     verdict = markdown_literal(result.get("verdict") or "")
     with st.container(key="compare_verdict"):
         (st.success if result.get("significant") else st.info)(f"**{verdict}**", icon=":material/balance:")
-    photos = result.get("photos")
-    source = result.get("source")
-    st.caption(f"Scored on {photos:,} photos" if isinstance(photos, int) else "Scored on the same photos",
-               help=markdown_literal(f"Photos: {source}") if source else None)
+    photos, source = result.get("photos"), result.get("source")
+    st.caption((f"Both runs scored on the same {photos:,} photos" if isinstance(photos, int) else
+                "Both runs scored on the same photos") + (f" ({markdown_literal(Path(str(source)).name, 60)})"
+                                                          if source else "") + ". Differences are B minus A.")
+    if result.get("note"):
+        st.caption(literal_names(str(result["note"]), [], [Path(str(r)) for r in (result.get("roots") or {}).values()
+                                                           if r]))
     cols = st.columns(4)
     for col, key, title in ((cols[0], "accuracy", "Accuracy"), (cols[1], "macro_f1", "Macro F1")):
         figure = result.get(key) or {}
-        col.metric(f"{title}: A − B", _points(figure.get("difference")),
+        col.metric(f"{title}: B − A", _points(figure.get("difference")),
                    help=f"{title} of A {_share_text(figure.get('a'))}, of B {_share_text(figure.get('b'))}.")
         col.caption(f"95% interval {_interval(figure.get('ci95'))}")
     mcnemar = result.get("mcnemar") or {}
@@ -799,18 +800,19 @@ def comparison_view(result: dict, first, second) -> None:
                         "only B gets right would be if the two runs were equally good.")
     cols[2].caption(f"Only A right: {mcnemar.get('a_only_right', 'n/a')} · only B right: "
                     f"{mcnemar.get('b_only_right', 'n/a')}")
-    cols[3].metric("Significant", "yes" if result.get("significant") else "no",
-                   help="Yes when the accuracy interval leaves out 0 and McNemar's p is below 0.05.")
-    st.dataframe(cells([_run_row(name, entry, result) for name, entry in zip(names, entries)]), hide_index=True,
-                 width="stretch")
+    cols[3].metric("A real difference", "yes" if result.get("significant") else "no",
+                   help=result.get("significance_rule") or "When the accuracy interval leaves out 0 and McNemar's p "
+                                                           "is below 0.05.")
+    st.dataframe(cells([_run_row(name, entry, result) for name, entry in zip(("A", "B"), _entries(result))]),
+                 hide_index=True, width="stretch")
     per_class = result.get("per_class") or []
     if per_class:
         left, right = st.columns([3, 2])
         left.plotly_chart(charts.class_difference_figure(per_class), key="compare_classes")
         table = cells([{"class": row.get("class"), "recall A": row.get("recall_a"), "recall B": row.get("recall_b"),
-                        "A − B (points)": 100 * row["difference"] if isinstance(row.get("difference"), (int, float))
+                        "B − A (points)": 100 * row["difference"] if isinstance(row.get("difference"), (int, float))
                         else None} for row in per_class])
-        right.dataframe(table.style.format({"recall A": "{:.1%}", "recall B": "{:.1%}", "A − B (points)": "{:+.1f}"},
+        right.dataframe(table.style.format({"recall A": "{:.1%}", "recall B": "{:.1%}", "B − A (points)": "{:+.1f}"},
                                            na_rep="—"), hide_index=True, width="stretch")
     curves = _curves(result, (first, second))
     if any(curves.values()):
@@ -819,14 +821,26 @@ def comparison_view(result: dict, first, second) -> None:
         right.plotly_chart(charts.compare_figure(curves, "val_loss"), key="compare_pair_loss")
 
 
+def _entries(result: dict) -> list[dict]:
+    """Run A's and run B's descriptions ({"a": ..., "b": ...}, or a list in that order)."""
+    given = result.get("runs")
+    if isinstance(given, dict):
+        given = [given.get("a"), given.get("b")]
+    if not isinstance(given, (list, tuple)) or len(given) != 2:
+        return [{}, {}]
+    return [entry if isinstance(entry, dict) else {} for entry in given]
+
+
 def _run_row(name: str, entry: dict, result: dict) -> dict:
-    """One run of the comparison as a table row: which run, what it is, and its two scores."""
+    """One run of the comparison as a table row: which run, what it is, its two scores and its settings that
+    differ from the other run's."""
     row = {"": name, "run": entry.get("id"), "what": entry.get("label") or entry.get("backbone"),
            "accuracy": _share_text((result.get("accuracy") or {}).get(name.lower())),
            "macro F1": _share_text((result.get("macro_f1") or {}).get(name.lower()))}
-    differs = entry.get("settings") or entry.get("differs")
-    if isinstance(differs, dict) and differs:
-        row["settings that differ"] = ", ".join(f"{k}: {shorten(v, 40)}" for k, v in differs.items())
+    settings = entry.get("settings")
+    if isinstance(settings, dict) and settings:
+        row["settings that differ"] = ", ".join(f"{k}: {shorten(v if isinstance(v, str) else repr(v), 40)}"
+                                                for k, v in settings.items() if k != "data")
     return row
 
 

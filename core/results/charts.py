@@ -239,8 +239,8 @@ def compare_figure(curves: dict[str, Sequence[dict[str, Any]]], metric: str = "v
 
 def class_difference_figure(per_class: Sequence[dict[str, Any]], first: str = "A", second: str = "B",
                             key: str = "difference") -> go.Figure:
-    """Per class, how much more often run A recognises it than run B (recall difference, in points): one
-    horizontal bar per class, green where A does better, orange where B does."""
+    """Per class, how much more often run B recognises it than run A (`key`: B minus A, in points, as
+    core.results.compare gives it): one horizontal bar per class, green where B does better, orange where A does."""
     names = [str(row.get("class")) for row in per_class]
     values = [100 * float(row[key]) if isinstance(row.get(key), (int, float)) else 0.0 for row in per_class]
     hover = [[label_text(n, None), _share(row.get("recall_a")), _share(row.get("recall_b"))]
@@ -253,7 +253,7 @@ def class_difference_figure(per_class: Sequence[dict[str, Any]], first: str = "A
                                          + label_text(second) + " %{customdata[2]}<br>difference %{x:+.1f} points"
                                                                 "<extra></extra>"))
     fig.add_vline(x=0, line_color="grey")
-    fig.update_layout(title=f"Recall per class: {label_text(first)} minus {label_text(second)} (points)",
+    fig.update_layout(title=f"Recall per class: {label_text(second)} minus {label_text(first)} (points)",
                       xaxis_title="points", margin=dict(l=10, r=10, t=40, b=10), height=max(240, 28 * len(names) + 100),
                       showlegend=False)
     _category_axis(fig, "y", names)

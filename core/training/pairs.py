@@ -1,11 +1,12 @@
 """Experiment pairs (issue 20): two runs that differ in one setting, trained one after the other on the same split
 and seed, so that Compare can say what that one setting buys.
 
-A pair is started from one training config: `pair_configs` makes the two (run A keeps what the setting is meant to
-show, run B leaves it out), `start_pair` starts A and queues B behind it (core.training.jobs), and each run's folder
-gets a small `pair.json` naming its pair, its role and its partner. Nothing else records a pair, so deleting a run
-deletes its half, and `find_pairs` rebuilds every pair from the run folders alone. A pair can be compared only when
-both runs trained to the end; one that failed, was stopped or is gone leaves the pair unfinished, said in words.
+A pair is started from one training config: `pair_configs` makes the two (run A goes without what the setting is
+meant to show, run B with it, so Compare's differences, B minus A, are what it buys), `start_pair` starts A and
+queues B behind it (core.training.jobs), and each run's folder gets a small `pair.json` naming its pair, its role
+and its partner. Nothing else records a pair, so deleting a run deletes its half, and `find_pairs` rebuilds every
+pair from the run folders alone. A pair can be compared only when both runs trained to the end; one that failed,
+was stopped or is gone leaves the pair unfinished, said in words.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ NO_AUGMENTATION = ("none", "", None)
 
 @dataclass(frozen=True)
 class PairKind:
-    """One experiment a pair can run: the setting that differs, and each run's value of it and name for it."""
+    """One experiment a pair can run: the setting that differs, and each run's value of it and name for it.
+
+    Run A goes without what the setting is meant to show (from scratch, no augmentation, the smaller photos) and run
+    B with it, so that core.results.compare's differences (B minus A) are what the setting buys."""
 
     name: str
     title: str                                      # "pretrained vs from scratch"
@@ -52,14 +56,14 @@ def _augmented(config: TrainConfig) -> Any:
 
 
 PAIR_KINDS: dict[str, PairKind] = {k.name: k for k in [
-    PairKind("transfer", "pretrained vs from scratch", "backbone", ("pretrained", "from scratch"),
+    PairKind("transfer", "pretrained vs from scratch", "backbone", ("from scratch", "pretrained"),
              "The chosen EfficientNet with its ImageNet weights against a small CNN that learns from random "
              "weights on these photos alone: what transfer learning buys.",
-             lambda c: (_pretrained(c), BASELINE)),
-    PairKind("augmentation", "augmentation vs none", "augmentation", ("augmentation", "no augmentation"),
+             lambda c: (BASELINE, _pretrained(c))),
+    PairKind("augmentation", "augmentation vs none", "augmentation", ("no augmentation", "augmentation"),
              "The augmentation chosen on the Augment page (the light preset if none was) against the photos as "
              "they are: whether augmenting helps on this dataset.",
-             lambda c: (_augmented(c), "none")),
+             lambda c: ("none", _augmented(c))),
     PairKind("resolution", "224 vs 288 px", "image_size", ("224 px", "288 px"),
              "The same network at 224 and at 288 pixels a side: whether the larger photos are worth their time.",
              lambda c: (224, 288)),

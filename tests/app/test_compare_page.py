@@ -15,25 +15,25 @@ from core.training import pairs
 from test_app import APP, CLASSES, make_run, no_exceptions, texts, workspace  # noqa: F401 (workspace: fixture)
 from test_pairs import make_pair
 
-VERDICT = "A (augmentation): 90.0%, B (no augmentation): 60.0%: +30.0 points (95% CI 20.0–40.0), not chance."
+VERDICT = "B (augmentation): 90.0%, A (no augmentation): 60.0%: +30.0 points (95% CI 20.0–40.0), not chance."
 
 
 def fake_result(first: str, second: str) -> dict:
-    """What compare_runs returns, by its contract (issue 20)."""
-    return {"runs": [{"id": first, "label": "augmentation", "backbone": "efficientnet_lite0",
-                      "settings": {"augmentation": "light"}},
-                     {"id": second, "label": "no augmentation", "backbone": "efficientnet_lite0",
-                      "settings": {"augmentation": "none"}}],
-            "photos": 40, "source": "the test split both runs share",
-            "accuracy": {"a": 0.9, "b": 0.6, "difference": 0.3, "ci95": [0.2, 0.4]},
-            "macro_f1": {"a": 0.88, "b": 0.55, "difference": 0.33, "ci95": [0.21, 0.45]},
-            "mcnemar": {"a_only_right": 13, "b_only_right": 1, "p_value": 0.0018},
-            "per_class": [{"class": c, "recall_a": 0.9, "recall_b": 0.6 + 0.1 * i, "difference": 0.3 - 0.1 * i}
+    """What compare_runs returns, by its contract (issue 20): differences are B minus A."""
+    return {"verdict": VERDICT, "significant": True, "photos": 40, "direction": "B - A",
+            "runs": {"a": {"id": first, "label": "no augmentation", "backbone": "efficientnet_lite0",
+                           "settings": {"augmentation": "none"}},
+                     "b": {"id": second, "label": "augmentation", "backbone": "efficientnet_lite0",
+                           "settings": {"augmentation": "light"}}},
+            "source": "test split",
+            "accuracy": {"a": 0.6, "b": 0.9, "difference": 0.3, "ci95": [0.2, 0.4]},
+            "macro_f1": {"a": 0.55, "b": 0.88, "difference": 0.33, "ci95": [0.21, 0.45]},
+            "mcnemar": {"a_only_right": 1, "b_only_right": 13, "p_value": 0.0018},
+            "per_class": [{"class": c, "recall_a": 0.6 + 0.1 * i, "recall_b": 0.9, "difference": 0.3 - 0.1 * i}
                           for i, c in enumerate(CLASSES)],
-            "significant": True, "verdict": VERDICT,
-            "curves": [[{"kind": "epoch", "epoch": 1, "val_accuracy": 0.5, "val_loss": 1.0},
-                        {"kind": "epoch", "epoch": 2, "val_accuracy": 0.8, "val_loss": 0.6}],
-                       [{"kind": "epoch", "epoch": 1, "val_accuracy": 0.4, "val_loss": 1.2}]]}
+            "curves": {"a": [{"kind": "epoch", "epoch": 1, "val_accuracy": 0.4, "val_loss": 1.2}],
+                       "b": [{"kind": "epoch", "epoch": 1, "val_accuracy": 0.5, "val_loss": 1.0},
+                             {"kind": "epoch", "epoch": 2, "val_accuracy": 0.8, "val_loss": 0.6}]}}
 
 
 @pytest.fixture
@@ -76,17 +76,19 @@ def test_the_newest_finished_pair_is_compared_with_its_verdict_intervals_classes
     assert fake_compare == [("run-p1-a", "run-p1-b", None)]
     assert [s.value for s in at.success if VERDICT in unescaped(s.value)]  # the verdict, prominent
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Accuracy: A − B"] == "+30.0 points" and metrics["Macro F1: A − B"] == "+33.0 points"
-    assert metrics["McNemar's p"] == "0.0018" and metrics["Significant"] == "yes"
+    assert metrics["Accuracy: B − A"] == "+30.0 points" and metrics["Macro F1: B − A"] == "+33.0 points"
+    assert metrics["McNemar's p"] == "0.0018" and metrics["A real difference"] == "yes"
     said = texts(at)
     assert "95% interval +20.0 to +40.0 points" in said and "95% interval +21.0 to +45.0 points" in said
-    assert "Only A right: 13 · only B right: 1" in said
-    assert "Pair 1: augmentation vs none: A is augmentation (run-p1-a), B is no augmentation (run-p1-b)" in said
+    assert "Only A right: 1 · only B right: 13" in said
+    assert "Pair 1: augmentation vs none: A is no augmentation (run-p1-a), B is augmentation (run-p1-b)" in said
     charts = {c.proto.id for c in at.get("plotly_chart")}
     assert len(charts) >= 3
     tables = [d.value for d in at.dataframe]
     per_class = next(t for t in tables if "recall A" in t.columns)
-    assert list(per_class["class"]) == CLASSES and per_class["A − B (points)"].round(1).tolist() == [30.0, 20.0, 10.0]
+    assert list(per_class["class"]) == CLASSES and per_class["B − A (points)"].round(1).tolist() == [30.0, 20.0, 10.0]
+    runs_table = next(t for t in tables if "settings that differ" in t.columns)
+    assert runs_table["settings that differ"].tolist() == ["augmentation: none", "augmentation: light"]
     assert at.query_params["pair"] in (["1"], "1")
 
 
@@ -94,7 +96,7 @@ def test_an_unfinished_pair_says_why_and_is_not_compared(workspace: Path, fake_c
     make_pair(workspace / "runs", ("succeeded", "stopped"), 1)
     at = compare_tab({"pair": "1"})
     assert at.selectbox(key="compare_pair").value == 1
-    assert "run B (no augmentation) was stopped before it finished" in texts(at)
+    assert "run B (augmentation) was stopped before it finished" in texts(at)
     assert fake_compare == []
     assert not [s for s in at.success if VERDICT in unescaped(s.value)]
 
@@ -164,3 +166,39 @@ def test_compare_tab_without_a_second_run(workspace: Path, fake_compare: list) -
     shutil.rmtree(workspace / "runs")
     assert fake_compare == []
     assert pairs.find_pairs(workspace / "runs") == []
+
+
+def with_predictions(run, right: list[bool]) -> None:
+    """Give a fake run's evaluation every photo's prediction: 60 photos of 3 classes, right where `right` says."""
+    evaluation = run.read_evaluation()
+    true = [i % 3 for i in range(len(right))]
+    predicted = [t if ok else (t + 1) % 3 for t, ok in zip(true, right)]
+    matrix = [[sum(1 for t, p in zip(true, predicted) if (t, p) == (i, j)) for j in range(3)] for i in range(3)]
+    evaluation.update(images=len(right), accuracy=sum(right) / len(right), confusion_matrix=matrix,
+                      predictions={"paths": [f"{CLASSES[t]}/{i}.png" for i, t in enumerate(true)], "true": true,
+                                   "predicted": predicted, "confidence": [0.9] * len(right)})
+    run.write_evaluation(evaluation)
+
+
+def test_the_real_comparison_of_a_pair_on_fake_run_folders(workspace: Path) -> None:
+    """core.results.compare itself (no fake): B right on 57 of 60 photos, A on 30: a real gap, said as one."""
+    pair = make_pair(workspace / "runs", ("succeeded", "succeeded"), 1)
+    with_predictions(pair.first, [i % 2 == 0 for i in range(60)])
+    with_predictions(pair.second, [i % 20 != 1 for i in range(60)])
+    at = compare_tab()
+    verdict = next(unescaped(s.value) for s in at.success)
+    assert "95.0%" in verdict and "50.0%" in verdict and "+45.0 points" in verdict and "not chance" in verdict
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Accuracy: B − A"] == "+45.0 points" and metrics["A real difference"] == "yes"
+    assert "Only A right: 0 · only B right: 27" in texts(at)
+    assert len({c.proto.id for c in at.get("plotly_chart")}) >= 3
+
+
+def test_the_real_comparison_refuses_runs_of_other_classes(workspace: Path) -> None:
+    runs = workspace / "runs"
+    pair = make_pair(runs, ("succeeded", "succeeded"), 1)
+    pair.second.write_classes(["cats", "dogs", "tulips"])
+    at = compare_tab()
+    refusal = next(w.value for w in at.warning if "different classes" in w.value)
+    assert "run-p1-a" in refusal and "run-p1-b" in refusal
+    assert not [s for s in at.success if "points" in s.value]

@@ -48,15 +48,16 @@ def test_each_pair_kind_gives_each_run_its_value() -> None:
     first, second = pairs.pair_configs(pairs.get_kind("resolution"), config)
     assert (first.image_size, second.image_size) == (224, 288)
     first, second = pairs.pair_configs(pairs.get_kind("augmentation"), config)
-    assert (first.augmentation, second.augmentation) == ("light", "none")
-    # Nothing chosen on the Augment page: run A still augments, else both runs would be alike.
+    assert (first.augmentation, second.augmentation) == ("none", "light")
+    # Nothing chosen on the Augment page: run B still augments, else both runs would be alike.
     unaugmented = TrainConfig.from_dict({**BASE, "augmentation": "none"})
-    first, _ = pairs.pair_configs(pairs.get_kind("augmentation"), unaugmented)
-    assert first.augmentation == "light"
+    _, second = pairs.pair_configs(pairs.get_kind("augmentation"), unaugmented)
+    assert second.augmentation == "light"
     if pairs.BASELINE in BACKBONES:
         first, second = pairs.pair_configs(pairs.get_kind("transfer"), config)
+        # Run A goes without what the pair shows, run B with it: Compare's B minus A is what pretraining buys.
         assert (first.backbone, first.weights, second.backbone, second.weights) == \
-            ("efficientnet_lite0", "imagenet", pairs.BASELINE, None)
+            (pairs.BASELINE, None, "efficientnet_lite0", "imagenet")
 
 
 def test_an_augmentation_pair_that_could_not_differ_is_refused() -> None:
@@ -137,9 +138,9 @@ def test_only_a_pair_whose_runs_both_finished_can_be_compared(tmp_path: Path) ->
     failed = make_pair(runs, ("succeeded", "failed"), 2)
     state = pairs.pair_state(failed)
     assert state.state == "unfinished" and not state.comparable
-    assert "run B (no augmentation) failed" in state.sentence and "start the pair again" in state.sentence
+    assert "run B (augmentation) failed" in state.sentence and "start the pair again" in state.sentence
     stopped = make_pair(runs, ("stopped", "succeeded"), 3)
-    assert "run A (augmentation) was stopped before it finished" in pairs.pair_state(stopped).sentence
+    assert "run A (no augmentation) was stopped before it finished" in pairs.pair_state(stopped).sentence
     assert pairs.newest_comparable(runs).number == 1  # the newer pairs are unfinished: Compare opens on pair 1
     # A deleted half: the pair stays listed, and says so.
     import shutil
@@ -211,7 +212,7 @@ def test_train_page_offers_compare_when_both_finished_and_says_why_not_otherwise
     at = AppTest.from_file(APP, default_timeout=30).run()
     at.switch_page("pages/train.py").run()
     no_exceptions(at)
-    assert "Pair 1: augmentation vs none cannot be compared: run B (no augmentation) failed" in texts(at)
+    assert "Pair 1: augmentation vs none cannot be compared: run B (augmentation) failed" in texts(at)
     assert not [b for b in at.button if b.key == "compare_pair"]
     make_pair(workspace / "runs", ("succeeded", "succeeded"), 2)
     at.run()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+import json
 import math
 import platform
 import re
@@ -651,6 +652,103 @@ def export_section(f: RunFacts) -> str:
                               "photos", "parity", "note"], numeric=(1, 2, 3, 4, 5))
 
 
+def comparison_candidates(run: RunDir) -> list[RunDir]:
+    """The runs beside this one a report may compare it with: finished, with an evaluation, newest first, and the
+    run's experiment-pair partner (core.training.pairs) first of all when the pair finished."""
+    from core.base.runs import list_runs
+    from core.training import jobs, pairs
+
+    found = []
+    for other in list_runs(run.path.parent):
+        if other.run_id == run.run_id or jobs.run_view(other).active:
+            continue
+        try:
+            if other.read_evaluation():
+                found.append(other)
+        except (ValueError, OSError):
+            continue
+    partner = next((p for p in pairs.find_pairs(run.path.parent)
+                    if run.run_id in p.run_ids() and pairs.pair_state(p).comparable), None)
+    if partner is not None:
+        other_id = next(i for i in partner.run_ids() if i != run.run_id)
+        found.sort(key=lambda r: r.run_id != other_id)  # stable: the partner first, the rest newest first
+    return found
+
+
+def read_comparison(run: RunDir, other: RunDir) -> dict[str, Any]:
+    """This run (A) against `other` (B) on the same photos (core.results.compare); a comparison that cannot be made
+    refuses the report with the reason, since the person asked for it (they can choose another run, or none)."""
+    from core.results.compare import compare_runs
+
+    try:
+        return compare_runs(run, other)
+    except StudioError as err:
+        raise StudioError(f"The report of run {run.run_id} cannot include a comparison with run {other.run_id}: "
+                          f"{err} Choose another run to compare with, or make the report without one.") from None
+
+
+def comparison_section(comparison: dict[str, Any], figures: Figures) -> str:
+    """Another run against this one on the same photos: the verdict, the two differences (B minus A) with their 95%
+    intervals, McNemar's test, and recall per class."""
+    from core.results.charts import class_difference_figure
+
+    runs = comparison.get("runs") or {}
+    first, second = (runs.get(k) or {} for k in ("a", "b")) if isinstance(runs, dict) else ({}, {})
+    out = ('<h2 id="comparison">Compared with another run</h2>'
+           f'<p class="headline">{esc(comparison.get("verdict") or "")}</p>'
+           + note(f"A is this run, {esc(first.get('label') or first.get('id'), 80)} ({esc(first.get('id'))}); B is "
+                  f"{esc(second.get('label') or second.get('id'), 80)} ({esc(second.get('id'))}). Both were scored on "
+                  f"the same {_count(comparison.get('photos'))} photos ({esc(_source(comparison), 80)}); differences "
+                  "are B minus A, with a 95% interval from a paired bootstrap over the photos."))
+    settings = [(key, first.get("settings", {}).get(key), second.get("settings", {}).get(key))
+                for key in (second.get("settings") or {}) if key != "data"]
+    if settings:
+        out += "<h3>What differs</h3>" + table([[esc(k), esc(_setting(a), 80), esc(_setting(b), 80)]
+                                                for k, a, b in settings], ["setting", "A (this run)", "B"])
+    rows = []
+    for key, title in (("accuracy", "Accuracy"), ("macro_f1", "Macro F1")):
+        figure = comparison.get(key) or {}
+        low, high = (list(figure.get("ci95") or []) + [None, None])[:2]
+        rows.append([title, percent(figure.get("a")), percent(figure.get("b")),
+                     _signed_points(figure.get("difference")), f"{_signed_points(low)} to {_signed_points(high)}"])
+    out += "<h3>Scores</h3>" + table(rows, ["measure", "A (this run)", "B", "B minus A", "95% interval"], (1, 2, 3, 4))
+    test = comparison.get("mcnemar") or {}
+    p_value = test.get("p_value")
+    shown_p = f"{p_value:.3g}" if isinstance(p_value, (int, float)) else "n/a"
+    out += note(f"McNemar's test: only A was right on {_count(test.get('a_only_right'))} photos, only B on "
+                f"{_count(test.get('b_only_right'))}; p = {shown_p} (how likely a split at least this uneven would "
+                "be if the two runs were equally good). "
+                + ("The difference is real: its interval leaves out 0 and p is below 0.05."
+                   if comparison.get("significant") else "These photos do not show a real difference."))
+    per_class = comparison.get("per_class") or []
+    if per_class:
+        if len(per_class) <= MATRIX_CLASSES:
+            out += figures.html(class_difference_figure(per_class))
+        out += "<h3>Recall per class</h3>" + table(
+            [[esc(r.get("class"), 60), percent(r.get("recall_a")), percent(r.get("recall_b")),
+              _signed_points(r.get("difference")), _count(r.get("photos"))] for r in per_class],
+            ["class", "A (this run)", "B", "B minus A", "photos"], (1, 2, 3, 4))
+    return out
+
+
+def _signed_points(value: Any) -> str:
+    return f"{100 * value:+.1f} points" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "n/a"
+
+
+def _setting(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _source(comparison: dict[str, Any]) -> str:
+    """Which photos: a split's name, or a labelled folder by its name only (its path may be a server's)."""
+    source = str(comparison.get("source") or "n/a")
+    return Path(source).name if "/" in source else source
+
+
 # ----------------------------------------------------------------------------------------- the page
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1100px;
@@ -675,20 +773,26 @@ SECTIONS = (("model-card", "Model card"), ("data", "Dataset"), ("training", "Tra
 
 
 def build_report(run: RunDir, *, cache_dir: Path | None = None, max_mistakes: int = MAX_MISTAKES,
-                 heatmaps: bool = True, now: float | None = None) -> str:
-    """The whole report as one HTML document (see the module's docstring)."""
+                 heatmaps: bool = True, now: float | None = None, compare_with: RunDir | None = None) -> str:
+    """The whole report as one HTML document (see the module's docstring); with `compare_with`, a section comparing
+    this run with that one on the same photos comes right after the headline."""
     generated = time.time() if now is None else now
     f = read_facts(run, cache_dir)
+    comparison = read_comparison(run, compare_with) if compare_with is not None else None
     figures = Figures()
     title = esc(f.config.get("run_name") or f.dataset_name, 80)
+    sections = ((("comparison", "Comparison"),) if comparison else ()) + SECTIONS
+    command = f"python -m core report {esc(run.run_id)}" + (f" --compare {esc(compare_with.run_id)}"
+                                                           if compare_with is not None else "")
     body = [
         f"<header><h1>Model report: {title}</h1>",
         f'<p class="meta">Run {esc(run.run_id)} &middot; generated {when(generated)} by EfficientNet Studio</p>',
-        "<nav>" + "".join(f'<a href="#{anchor}">{name}</a>' for anchor, name in SECTIONS) + "</nav></header>",
+        "<nav>" + "".join(f'<a href="#{anchor}">{name}</a>' for anchor, name in sections) + "</nav></header>",
         "".join(f'<p class="problem">{esc(p)}</p>' for p in f.problems),
-        headline(f), model_card(f, generated), dataset_section(f, figures), training_section(f, figures),
+        headline(f), comparison_section(comparison, figures) if comparison else "", model_card(f, generated),
+        dataset_section(f, figures), training_section(f, figures),
         evaluation_section(f, figures), mistakes_section(f, max_mistakes, heatmaps), export_section(f),
-        f'<footer class="meta"><p>Made with <code>python -m core report {esc(run.run_id)}</code>. This file needs no '
+        f'<footer class="meta"><p>Made with <code>{command}</code>. This file needs no '
         "network: charts, photos and heatmaps are inside it.</p></footer>",
     ]
     script = f"<script>{plotly_js()}</script>" if figures.count else ""
@@ -703,14 +807,15 @@ def default_report_name(run: RunDir) -> str:
     return f"report-{run.run_id}.html"
 
 
-def write_report(run: RunDir, out: Path | str, **options: Any) -> Path:
-    """Build the report and write it to `out` (a file, or an existing folder to put report-<run>.html in)."""
+def write_report(run: RunDir, out: Path | str, compare_with: RunDir | None = None, **options: Any) -> Path:
+    """Build the report and write it to `out` (a file, or an existing folder to put report-<run>.html in); with
+    `compare_with`, it compares this run with that one (refused, with the reason, when they cannot be compared)."""
     out = Path(out)
     if out.is_dir():
         out = out / default_report_name(run)
     if not out.parent.is_dir():
         raise StudioError(f"Cannot write the report to {out}: its folder {out.parent} does not exist.")
-    text = build_report(run, **options)
+    text = build_report(run, compare_with=compare_with, **options)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
@@ -721,12 +826,16 @@ def write_report(run: RunDir, out: Path | str, **options: Any) -> Path:
     return out
 
 
-def build_in_own_process(run: RunDir, out: Path | str, timeout: float = 600) -> Path:
+def build_in_own_process(run: RunDir, out: Path | str, timeout: float = 600,
+                         compare_with: RunDir | None = None) -> Path:
     """Run `python -m core report` as its own process (for the app: TensorFlow, which the heatmaps need, never
-    enters the server process, as for training and the health check); a failure becomes one StudioError line."""
+    enters the server process, as for training and the health check); a failure becomes one StudioError line.
+    `compare_with`: the run the report compares this one with (`--compare`)."""
+    command = [sys.executable, "-m", "core", "report", str(run.path), "--out", str(out)]
+    if compare_with is not None:
+        command += ["--compare", str(compare_with.path)]
     try:
-        done = subprocess.run([sys.executable, "-m", "core", "report", str(run.path), "--out", str(out)],
-                              capture_output=True, text=True, cwd=REPO, timeout=timeout)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise StudioError(f"Making the report of run {run.run_id} took over {timeout:.0f} s and was stopped.") from None
     if done.returncode != 0:

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -271,3 +272,109 @@ def test_macro_f1_prefers_the_saved_value_and_skips_classes_without_photos():
     assert macro_f1({"per_class": rows}) == pytest.approx(0.6)
     assert macro_f1({"per_class": rows, "macro_f1": 0.55}) == 0.55
     assert macro_f1({"per_class": []}) is None
+
+
+# ----------------------------------------------------------------------------------------- a chosen comparison
+def scored(run: RunDir, classes: list[str], right: list[bool]) -> RunDir:
+    """Give a fake run an evaluation of len(right) validation photos with every photo's prediction (right where
+    `right` says, else the next class), as core.results.evaluate writes it."""
+    from core.results.metrics import confusion_matrix, per_class_scores
+
+    n = len(classes)
+    true = [i % n for i in range(len(right))]
+    predicted = [t if ok else (t + 1) % n for t, ok in zip(true, right)]
+    matrix = confusion_matrix(true, predicted, n)
+    run.write_evaluation({"split": "val", "images": len(right), "classes": classes, "accuracy": sum(right) / len(right),
+                          "top_k": 1, "top_k_accuracy": sum(right) / len(right), "macro_auc": None,
+                          "confusion_matrix": matrix.tolist(), "per_class": per_class_scores(matrix, classes),
+                          "mistakes": [], "root": "/nowhere/photos",
+                          "predictions": {"paths": [f"photo-{i}.jpg" for i in range(len(right))], "true": true,
+                                          "predicted": predicted, "confidence": [0.9] * len(right)}})
+    return run
+
+
+def compared_pair(models: Path, classes: list[str]) -> tuple[RunDir, RunDir]:
+    """Two fake runs on the same 60 photos: this one right on 30 (run A), the other on 57 (run B), from scratch."""
+    first = scored(fake_run(models, classes), classes, [i % 2 == 0 for i in range(60)])
+    second = RunDir(shutil.copytree(first.path, models / "run-other"))
+    config = second.read_config()
+    second.write_config({**config, "backbone": "efficientnet_lite0", "run_name": "pair 1: pretrained"})
+    return first, scored(second, classes, [i % 20 != 1 for i in range(60)])
+
+
+def test_a_report_with_a_chosen_comparison_opens_with_its_verdict_differences_and_classes(tmp_path):
+    classes = ["cats", HOSTILE, INJECTING]
+    first, second = compared_pair(tmp_path / "models", classes)
+    text = build_report(first, cache_dir=tmp_path / "cache", compare_with=second)
+    assert '<a href="#comparison">Comparison</a>' in text
+    section = text[text.index('<h2 id="comparison">'):text.index('<h2 id="model-card">')]
+    assert text.index('<h2 id="comparison">') < text.index('<h2 id="model-card">')  # right after the headline
+    assert re.search(r'<p class="headline">pair 1: pretrained: 95\.0%, .*: 50\.0%: \+45\.0 points \(95% CI '
+                     r"[\d.]+–[\d.]+\), not chance", section), section[:600]
+    assert "<td>Accuracy</td><td class=\"num\">50.0%</td><td class=\"num\">95.0%</td>" \
+           "<td class=\"num\">+45.0 points</td>" in section
+    assert "only A was right on 0 photos, only B on 27" in section and "The difference is real" in section
+    assert "<h3>What differs</h3>" in section and "efficientnet_lite0" in section and "efficientnet_b0" in section
+    assert "<h3>Recall per class</h3>" in section and "run-other" in section
+    assert HOSTILE not in text and INJECTING not in text and "roses &lt;b&gt;&amp;amp; co" in section  # as text
+    assert "--compare run-other" in text  # the footer's command makes the same report
+
+
+def test_a_comparison_that_cannot_be_made_refuses_the_report_with_the_reason(tmp_path):
+    first, second = compared_pair(tmp_path / "models", ["cats", "dogs"])
+    second.write_classes(["cats", "birds"])
+    with pytest.raises(StudioError, match="cannot include a comparison with run run-other: .*different classes"):
+        build_report(first, cache_dir=tmp_path / "cache", compare_with=second)
+    out = tmp_path / "report.html"
+    with pytest.raises(StudioError, match="Choose another run to compare with"):
+        from core.serving.report import write_report
+
+        write_report(first, out, compare_with=second, cache_dir=tmp_path / "cache")
+    assert not out.exists()
+
+
+def test_the_report_section_offers_a_comparison_and_builds_with_it(tmp_path, monkeypatch):
+    """pages/_report.py: 'Include a comparison with' lists the other finished runs; the chosen one goes to the report
+    process as --compare."""
+    from streamlit.testing.v1 import AppTest
+
+    from core.serving.report import build_in_own_process
+
+    first, second = compared_pair(tmp_path / "models", ["cats", "dogs"])
+    asked = []
+
+    def fake_build(run, out, timeout=600, compare_with=None):
+        asked.append(compare_with and compare_with.run_id)
+        Path(out).write_text("<html>report</html>")
+        return Path(out)
+
+    monkeypatch.setattr("pages._report.build_in_own_process", fake_build)
+
+    def script(path: str) -> None:
+        from core.base.runs import RunDir
+        from pages._report import report_download
+
+        report_download(RunDir(path))
+
+    at = AppTest.from_function(script, args=(str(first.path),), default_timeout=60).run()
+    assert not at.exception
+    choice = at.selectbox(key=f"report_compare_{first.run_id}")
+    assert choice.options == ["no comparison", "run-other · pair 1: pretrained"]
+    choice.set_value("run-other").run()
+    at.button(key="build_report").click().run()
+    assert not at.exception and not at.error
+    assert asked == ["run-other"] and at.get("download_button")
+    choice = at.selectbox(key=f"report_compare_{first.run_id}")
+    choice.set_value(None).run()
+    assert not at.get("download_button")  # the report built holds a comparison this choice no longer asks for
+
+    commands = []
+
+    def no_process(command, **options):
+        commands.append(command)
+        raise subprocess.TimeoutExpired(command, 1)
+
+    monkeypatch.setattr("core.serving.report.subprocess.run", no_process)
+    with pytest.raises(StudioError):
+        build_in_own_process(first, tmp_path / "r.html", compare_with=second)
+    assert commands[0][-2:] == ["--compare", str(second.path)]

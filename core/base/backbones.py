@@ -1,7 +1,9 @@
-"""The backbone registry: one table of EfficientNet variants, one factory that fails loudly.
+"""The backbone registry: one table of EfficientNet variants (and the from-scratch baseline), one factory that fails
+loudly.
 
 Every backbone takes RGB pixels in 0..255 and does its own preprocessing inside the model, so the loader,
-evaluation and prediction never need to know which one is in use.
+evaluation and prediction never need to know which one is in use. A backbone marked `from_scratch` has no pretrained
+weights: the recipe trains the whole network from random initialisation (core.base.config.SCRATCH_DEFAULTS).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class Backbone:
     # backbones, are not measured yet): 288 px beat 224 by 1.7 points over 15 cross-validation folds
     # (docs/benchmarks.md).
     default_size: int | None = None
+    from_scratch: bool = False  # no pretrained weights: trained whole from random initialisation, never transferred
+    notes: str = ""  # what it is for, in one line (the Train page and the CLI help show it)
 
     @property
     def recipe_size(self) -> int:
@@ -74,6 +78,10 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in [
     _keras("efficientnet_v2_b2", "EfficientNetV2-B2", 260, "EfficientNetV2B2", "efficientnetv2-b2", "EfficientNetV2"),
     _keras("efficientnet_v2_b3", "EfficientNetV2-B3", 300, "EfficientNetV2B3", "efficientnetv2-b3", "EfficientNetV2"),
     _keras("efficientnet_v2_s", "EfficientNetV2-S", 384, "EfficientNetV2S", "efficientnetv2-s", "EfficientNetV2"),
+    # 128 px: the baseline has no pretrained size to match, and it trains in minutes on 2 CPU cores there.
+    Backbone("baseline_cnn", "Baseline CNN (from scratch)", 128, "core.network.baseline:build_baseline_cnn",
+             family="Baseline", weights_note="none: trained from random initialisation", from_scratch=True,
+             notes="a small CNN trained from scratch: the baseline that shows what pretrained weights buy"),
 ]}
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -103,6 +111,9 @@ def create_backbone(name: str, image_size: int | None = None, weights: str | Non
     spec = get_backbone(name)
     if weights not in ("imagenet", None):
         raise StudioError(f"weights must be 'imagenet' or None (random init), not {weights!r}.")
+    if spec.from_scratch and weights is not None:
+        raise StudioError(f"{spec.label} has no pretrained weights: it is trained from random initialisation; "
+                          "build it with weights=None (train with --weights none, or leave --weights out).")
     size = int(image_size or spec.native_size)
     if size < 32:
         raise StudioError(f"Image size {size} is too small; EfficientNets need at least 32 pixels.")

@@ -814,7 +814,7 @@ def comparison_view(result: dict, first, second) -> None:
                         else None} for row in per_class])
         right.dataframe(table.style.format({"recall A": "{:.1%}", "recall B": "{:.1%}", "B − A (points)": "{:+.1f}"},
                                            na_rep="—"), hide_index=True, width="stretch")
-    curves = _curves(result, (first, second))
+    curves = _curves(result, (first, second), _entries(result))
     if any(curves.values()):
         left, right = st.columns(2)
         left.plotly_chart(charts.compare_figure(curves, "val_accuracy"), key="compare_pair_accuracy")
@@ -844,22 +844,21 @@ def _run_row(name: str, entry: dict, result: dict) -> dict:
     return row
 
 
-def _curves(result: dict, members: tuple) -> dict[str, list[dict]]:
-    """Each run's epoch lines, keyed 'A · run id' for the legend: from the comparison when it carries them (a list
-    in run order, or a mapping by run id), else read from the run folders."""
+def _curves(result: dict, members: tuple, entries: list[dict]) -> dict[str, list[dict]]:
+    """Each run's epoch lines, keyed 'A · its label' for the legend: from the comparison when it carries them
+    ({"a": ..., "b": ...}, or a list in run order), else read from the run folders."""
     given = result.get("curves")
     out = {}
-    for index, (name, run) in enumerate(zip(("A", "B"), members)):
+    for index, (name, run, entry) in enumerate(zip(("A", "B"), members, entries)):
         records = None
         if isinstance(given, (list, tuple)) and len(given) == 2:
             records = given[index]
         elif isinstance(given, dict):
-            records = given.get(run.run_id, given.get(name.lower(), given.get(name)))
-        if isinstance(records, dict):
-            records = records.get("epochs") or records.get("records")
+            records = given.get(name.lower(), given.get(run.run_id))
         if not isinstance(records, list):
             records = run.read_metric_lines().records
-        out[f"{name} · {run.run_id}"] = charts.epoch_rows([r for r in records if isinstance(r, dict)])
+        out[f"{name} · {entry.get('label') or run.run_id}"] = charts.epoch_rows([r for r in records
+                                                                               if isinstance(r, dict)])
     return out
 
 

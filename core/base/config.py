@@ -56,6 +56,7 @@ RULES: dict[str, Rule] = {
     "head_mode": Rule("choice", choices=("features", "images")),
     "finetune_epochs": Rule("int", 0, 1000, null="auto", unit="epochs"),
     "finetune_lr": Rule("float", 0, 1, low_open=True, high_open=True),
+    "optimizer": Rule("choice", choices=("adam", "sgd")),
     "unfreeze_stages": Rule("int", 0, 16),
     "dropout": Rule("float", 0, 1, high_open=True),
     "multi_level": Rule("bool"),
@@ -158,6 +159,18 @@ def _expected(rule: Rule) -> str:
     return f"{low} and {high} ({what}{' of ' + rule.unit if rule.unit else ''}{null})"
 
 
+OPTIMIZERS = ("adam", "sgd")
+SGD_MOMENTUM = 0.9  # "sgd" is SGD with this momentum (the CIFAR baselines' optimizer)
+
+# A from-scratch backbone (core.base.backbones: `from_scratch`) has no pretrained base to freeze, to take features
+# from or to fine-tune: the whole network trains over (augmented) images from the first epoch, with early stopping
+# and ReduceLROnPlateau, at head_lr (1e-3: Adam's usual rate for a network trained from scratch). These settings
+# follow the backbone: a key not given takes this value for it, and a given value that contradicts it is refused
+# (TrainConfig.validate). `head_epochs` is the number of epochs then: an upper bound, as a small CNN from random
+# weights needs more of them than a head does; early stopping ends sooner.
+SCRATCH_DEFAULTS: dict[str, Any] = {"weights": None, "head_mode": "images", "finetune_epochs": 0, "head_epochs": 30}
+
+
 def default_finetune_epochs(accelerator: str) -> int:
     """The 'auto' number of fine-tuning epochs for a device kind."""
     return GPU_FINETUNE_EPOCHS if accelerator == "gpu" else 0
@@ -188,6 +201,9 @@ class TrainConfig:
     finetune_epochs: int | None = None  # None = auto: 0 on a CPU (measured: no gain worth its time there),
                                         # GPU_FINETUNE_EPOCHS on a GPU; 0 skips fine-tuning
     finetune_lr: float = 1e-5           # Adam learning rate when fine-tuning
+    optimizer: str = "adam"             # gradient optimizer of every epoch phase (head_mode "images", fine-tuning,
+                                        # from scratch): "adam" | "sgd" (momentum SGD_MOMENTUM; usually wants a
+                                        # ~10x higher rate); the exact head fit ("features") uses none
     unfreeze_stages: int = 2            # top EfficientNet stages (plus the top conv) to unfreeze
     # Regularisation and schedule.
     dropout: float = 0.5                # dropout before the classifier (0.5 measured better than 0.2 with few images)
@@ -213,13 +229,28 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Settings as given; a setting not given takes its default for the chosen backbone (backbone_defaults)."""
         known = [f.name for f in dataclasses.fields(cls)]
         for key in values:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise StudioError(f"Unknown config key '{key}'{hint}.")
-        config = cls(**values)
+        backbone = values.get("backbone", DEFAULT_BACKBONE)
+        implied = backbone_defaults(backbone) if isinstance(backbone, str) else {}
+        config = cls(**{**implied, **values})
+        config.validate()
+        return config
+
+    def with_backbone(self, backbone: str) -> "TrainConfig":
+        """The same settings for another backbone (an experiment pair: pretrained against from scratch). A setting
+        left at the old backbone's default takes the new one's (weights, head_mode, ...); one set by hand is kept,
+        and validate() refuses it if it contradicts the new backbone."""
+        old, new = all_defaults(self.backbone), all_defaults(backbone)
+        values = self.to_dict()
+        changed = {key: new[key] for key in set(backbone_defaults(self.backbone)) | set(backbone_defaults(backbone))
+                   if values[key] == old[key]}
+        config = dataclasses.replace(self, **{**changed, "backbone": backbone})
         config.validate()
         return config
 
@@ -240,7 +271,8 @@ class TrainConfig:
                 raise StudioError(f"Invalid config: {problem}.")
         if not self.data:
             raise StudioError("No dataset given: set 'data' (or --data) to a folder of class folders.")
-        get_backbone(self.backbone)
+        if get_backbone(self.backbone).from_scratch:
+            self._check_from_scratch()
         checks = [
             (self.head_epochs + (self.finetune_epochs or 0) >= 1 or self.finetune_epochs is None,
              "at least one epoch (head or fine-tune) is needed"),
@@ -251,17 +283,59 @@ class TrainConfig:
             if not ok:
                 raise StudioError(f"Invalid config: {message}.")
 
+    def _check_from_scratch(self) -> None:
+        """A from-scratch backbone: refuse every setting that only makes sense for a pretrained base."""
+        problems = []
+        if self.weights is not None:
+            problems.append(f"weights {shown_value(self.weights)}: it has no pretrained weights (set weights to null, "
+                            "--weights none, or leave it out)")
+        if self.head_mode != "images":
+            problems.append(f"head_mode {shown_value(self.head_mode)}: a random base gives no features worth fitting "
+                            "a head on; the whole network trains over images from the first epoch (set head_mode "
+                            "to 'images' or leave it out)")
+        if self.finetune_epochs:
+            problems.append(f"finetune_epochs {self.finetune_epochs}: there is no frozen phase to fine-tune after, "
+                            "every layer trains from the first epoch (set finetune_epochs to 0 or leave it out; "
+                            "head_epochs sets its epochs)")
+        if self.head_epochs < 1:
+            problems.append("head_epochs 0: its epochs over the whole network are all the training it gets (set "
+                            "head_epochs to 1 or more)")
+        if problems:
+            raise StudioError(f"Invalid config: {self.backbone} trains from random initialisation, "
+                              "so it cannot take " + "; ".join(problems) + ".")
+
+    @property
+    def from_scratch(self) -> bool:
+        """Whether the backbone trains whole from random initialisation (no frozen base, no fine-tuning)."""
+        from core.base.backbones import get_backbone
+
+        return get_backbone(self.backbone).from_scratch
+
     def resolved_finetune_epochs(self, accelerator: str) -> int:
-        """Fine-tuning epochs for this device ("cpu" or "gpu") when left on auto."""
+        """Fine-tuning epochs for this device ("cpu" or "gpu") when left on auto (never any from scratch)."""
         if self.finetune_epochs is not None:
             return int(self.finetune_epochs)
-        return default_finetune_epochs(accelerator)
+        return 0 if self.from_scratch else default_finetune_epochs(accelerator)
 
     @property
     def resolved_image_size(self) -> int:
         from core.base.backbones import get_backbone
 
         return int(self.image_size or get_backbone(self.backbone).recipe_size)
+
+
+def backbone_defaults(backbone: str) -> dict[str, Any]:
+    """The settings whose default depends on the backbone, for this one: SCRATCH_DEFAULTS for a from-scratch
+    backbone, nothing for a pretrained one (or an unknown name, which validate() refuses with a suggestion)."""
+    from core.base.backbones import BACKBONES
+
+    spec = BACKBONES.get(backbone)
+    return dict(SCRATCH_DEFAULTS) if spec is not None and spec.from_scratch else {}
+
+
+def all_defaults(backbone: str) -> dict[str, Any]:
+    """Every setting's default for this backbone (what a form should start from)."""
+    return {**TrainConfig().to_dict(), **backbone_defaults(backbone), "backbone": backbone}
 
 
 def read_config_file(path: Path | str) -> dict[str, Any]:

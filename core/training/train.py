@@ -4,6 +4,10 @@ Recipe (keras.io "fine-tuning with EfficientNet"): a pretrained base, frozen; a 
 rate; then the top stages unfrozen with BatchNorm kept frozen, at a ~100x lower rate. Early stopping with
 the best weights restored, ReduceLROnPlateau, optional class weights and label smoothing.
 
+A from-scratch backbone (the baseline CNN) has no pretrained base to freeze: the whole network, BatchNorm included,
+trains over augmented images from the first epoch, with the same early stopping, schedule, loss and data; no
+frozen-feature head fit, no fine-tuning (core.base.config.SCRATCH_DEFAULTS).
+
 A run is a list of phases (core.base.progress): load the backbone, decode the images into the on-disk cache
 (core.data.imagecache), compute frozen-base features, fit the head, fine-tune, save the best model, evaluate it. Each
 phase reports done/total, a rate and an ETA into status.json and honours a stop request within a batch. A stop
@@ -39,6 +43,11 @@ from core.data.overrides import summary as overrides_summary
 from core.base.runs import MODEL, OVERRIDES, RunDir, write_json_atomic
 
 PHASE_HEAD, PHASE_FINETUNE = progress.HEAD_EPOCHS, progress.FINETUNE
+PHASE_SCRATCH = "scratch"  # a from-scratch backbone's one phase: every layer trained, from the first epoch
+SCRATCH_LABEL = "Training the whole network from scratch"
+# Seconds per image of a from-scratch epoch (training and validation images together) before one is measured: the
+# baseline CNN at 128 px on 2 CPU cores; the measured rate replaces it after the first batch.
+SCRATCH_PRIOR_SECONDS = 0.02
 # A fine-tuning image costs about 3.5 frozen feature passes on a CPU (forward, then backward through the unfrozen
 # top); only the first estimate uses it, the measured rate replaces it after the first batch.
 FINETUNE_COST = 3.5
@@ -129,6 +138,17 @@ def evaluation_part(split: dict[str, list[Sample]]) -> str:
     return "test" if split.get("test") else "val"
 
 
+@dataclass
+class NamedPhase(progress.Phase):
+    """A phase whose words core.base.progress.LABELS does not hold (training from scratch)."""
+
+    title: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.title or progress.LABELS.get(self.name, self.name)
+
+
 def training_plan(config: TrainConfig, counts: dict[str, int], finetune_epochs: int,
                   cross_validated: bool = True) -> list[progress.Phase]:
     """The phases this run will go through, with how much work each is (for progress and the ETA)."""
@@ -139,7 +159,12 @@ def training_plan(config: TrainConfig, counts: dict[str, int], finetune_epochs: 
     views = 2.0 if config.tta else 1.0
     phases = [progress.Phase(progress.PREPARE, 1, unit="steps"),
               progress.Phase(progress.DECODE, sum(counts.values()))]
-    if config.head_epochs > 0 and config.head_mode == "features":
+    if config.from_scratch:
+        # One phase of epochs over every layer; its first measured batch replaces the prior.
+        size_factor = (config.resolved_image_size / 128) ** 2
+        phases.append(NamedPhase(PHASE_SCRATCH, config.head_epochs * (n_train + n_val), title=SCRATCH_LABEL,
+                                 seconds_per_unit=SCRATCH_PRIOR_SECONDS * size_factor))
+    elif config.head_epochs > 0 and config.head_mode == "features":
         # With a val/ folder: one fit per L2 on it; else each L2 is cross-validated (CV_FOLDS fits, warm-started,
         # in the photos' row space) and one refit on all photos follows. Seconds per unit measured on 2 cores.
         fits = len(L2_GRID) + 1 if cross_validated else len(L2_GRID)
@@ -204,10 +229,13 @@ class Trainer:
             self._prepare_model(dataset)
             data = self._decode(dataset, split)
             with self.parallel.context():  # variables, optimizers and steps live on every replica
-                if config.head_epochs > 0:
-                    self._train_head(data)
-                if finetune_epochs > 0 and not self._stop_now():
-                    self._finetune(data, finetune_epochs)
+                if config.from_scratch:
+                    self._train_from_scratch(data)
+                else:
+                    if config.head_epochs > 0:
+                        self._train_head(data)
+                    if finetune_epochs > 0 and not self._stop_now():
+                        self._finetune(data, finetune_epochs)
         except StopRequested:
             self.stopped_in = self._current_phase()
         self._save_best()
@@ -313,7 +341,8 @@ class Trainer:
                                                          "learning_rate_scale": self.lr_scale,
                                                          "processes": self.parallel.process_count},
                                             "counts": {k: len(v) for k, v in split.items()},
-                                            "cache_dir": str(self.cache_dir)},
+                                            "cache_dir": str(self.cache_dir),
+                                            **recipe_record(config, finetune_epochs, self.lr_scale)},
                                "versions": library_versions()})
         self.augment = build_pipeline(spec, seed=config.seed) if spec else None
         return finetune_epochs, split
@@ -380,7 +409,7 @@ class Trainer:
                             workers=self.workers, max_queue_size=2 * self.workers)
 
     def _compile(self, model, learning_rate: float) -> None:
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate * self.lr_scale),
+        model.compile(optimizer=make_optimizer(self.config.optimizer, learning_rate * self.lr_scale),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing),
                       metrics=["accuracy"], jit_compile=self.jit)
 
@@ -401,6 +430,17 @@ class Trainer:
                       x=self._batches(data, "train", augment=True, shuffle=True),
                       validation_data=self._batches(data, "val", augment=False, shuffle=False),
                       images_per_step=self.global_batch)
+
+    def _train_from_scratch(self, data: PreparedData) -> None:
+        """The one phase of a from-scratch backbone: every layer trainable from the first epoch (BatchNorm too, so it
+        learns this data's statistics), epochs over augmented images at head_lr, early stopping and ReduceLROnPlateau
+        as in every epoch phase."""
+        self.model.trainable = True
+        self._compile(self.model, self.config.head_lr)
+        self._fit(self.model, PHASE_SCRATCH, self.config.head_epochs,
+                  x=self._batches(data, "train", augment=True, shuffle=True),
+                  validation_data=self._batches(data, "val", augment=False, shuffle=False),
+                  images_per_step=self.global_batch)
 
     def _features(self, data: PreparedData, with_val: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Phase: pooled frozen-base features of train (and val when the fit chooses on it), a batch at a time
@@ -691,6 +731,40 @@ class RunLogger(keras.callbacks.Callback):
                                       "phase_epoch": epoch + 1, **logs, "lr": lr, "seconds": seconds,
                                       "images_per_s": steps * self.images_per_step / max(seconds, 1e-9)})
         self.trainer.epoch_ended(logs.get("val_loss"))
+
+
+def make_optimizer(name: str, learning_rate: float):
+    """The gradient optimizer of the epoch phases: Adam, or SGD with momentum (config.optimizer)."""
+    from core.base.config import SGD_MOMENTUM
+
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=SGD_MOMENTUM)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    raise StudioError(f"Unknown optimizer {name!r}: choose 'adam' or 'sgd'.")
+
+
+def recipe_record(config: TrainConfig, finetune_epochs: int, lr_scale: float = 1.0) -> dict[str, Any]:
+    """What config.json's `resolved` says about the recipe that ran: transfer or from scratch, the weights, what
+    trained, and the gradient optimizer with the phases that used it (none when the head was only fitted exactly)."""
+    from core.base.config import SGD_MOMENTUM
+
+    optimizer: dict[str, Any] = {"name": config.optimizer}
+    if config.optimizer == "sgd":
+        optimizer["momentum"] = SGD_MOMENTUM
+    if config.from_scratch:
+        optimizer.update(phases=[PHASE_SCRATCH], learning_rate=config.head_lr * lr_scale)
+        return {"recipe": "from scratch", "weights": None, "head_mode": "images",
+                "trainable": "every layer, from random initialisation, from the first epoch", "optimizer": optimizer}
+    phases = ([PHASE_HEAD] if config.head_epochs > 0 and config.head_mode == "images" else []) + \
+        ([PHASE_FINETUNE] if finetune_epochs > 0 else [])
+    optimizer["phases"] = phases
+    if not phases:
+        optimizer["note"] = "not used: the head was fitted exactly on frozen features, with no gradient optimizer"
+    trainable = "the head on the frozen base" + (f", then the top {config.unfreeze_stages} stages (BatchNorm frozen)"
+                                                  if finetune_epochs > 0 else "")
+    return {"recipe": "transfer", "weights": config.weights, "head_mode": config.head_mode, "trainable": trainable,
+            "optimizer": optimizer}
 
 
 def _numbers(logs: dict | None) -> dict[str, float]:

@@ -59,20 +59,27 @@ def _load_augmentation(value: str) -> Any:
 # unit from core.base.config.RULES, so the help can never disagree with what the config accepts.
 TRAIN_HELP = {
     "data": "the labelled image folder: one sub-folder per class, or train/ (val/ test/) holding them; or a .zip",
-    "backbone": "the pretrained network (efficientnet_lite0|lite1|lite2, efficientnet_b0..b7, efficientnet_v2_*)",
+    "backbone": "the pretrained network (efficientnet_lite0|lite1|lite2, efficientnet_b0..b7, efficientnet_v2_*), or "
+                "baseline_cnn: a small CNN trained from scratch, the baseline that shows what pretrained weights buy "
+                "(every layer trains from the first epoch: no frozen phase, no fine-tuning)",
     "image_size": "the side photos are resized to",
     "batch_size": "images per step per device",
-    "head_epochs": "phase 1, the head on the frozen backbone ('features' mode fits it exactly whatever the number)",
+    "head_epochs": "phase 1, the head on the frozen backbone ('features' mode fits it exactly whatever the number); "
+                   "from scratch: the epochs of the whole network, an upper bound for early stopping",
     "finetune_epochs": "phase 2, the top stages unfrozen",
-    "head_lr": "Adam's learning rate for the head in 'images' mode",
-    "finetune_lr": "Adam's learning rate when fine-tuning",
+    "head_lr": "the learning rate of the head's epochs in 'images' mode, and of every layer from scratch",
+    "finetune_lr": "the learning rate when fine-tuning",
+    "optimizer": "the gradient optimizer of epoch training and fine-tuning: adam, or sgd (SGD with momentum 0.9, which "
+                 "usually wants a ~10x higher learning rate); the exact head fit of head_mode 'features' uses none, "
+                 "so there it changes only fine-tuning",
+    "reduce_lr_patience": "epochs without a better validation loss before the learning rate is halved",
     "seed": "one seed for the split, shuffling, augmentation and initialisation",
     "val_fraction": "share of each class held out for validation when there is no val/ folder",
     "test_fraction": "share held out for a final test (class folders only)",
     "unfreeze_stages": "top EfficientNet stages unfrozen when fine-tuning",
     "label_smoothing": "label smoothing of the loss",
     "dropout": "dropout before the classifier",
-    "head_mode": "features (cache frozen features once, fit the head exactly) or images (Adam over images)",
+    "head_mode": "features (cache frozen features once, fit the head exactly) or images (epochs over images)",
     "early_stopping_patience": "epochs without a better validation loss before a phase stops",
     "threads": "augmentation threads",
     "run_name": "a label for the run in the app",
@@ -83,7 +90,7 @@ TRAIN_HELP = {
 
 def train_help(key: str) -> str:
     """'the side photos are resized to (pixels, 32 to 1024; default: the backbone's recipe size)'."""
-    from core.base.config import RULES, TrainConfig, _number
+    from core.base.config import RULES, SCRATCH_DEFAULTS, TrainConfig, _number
 
     rule, default = RULES[key], getattr(TrainConfig(), key)
     shown = rule.null if default is None and rule.null else default
@@ -93,14 +100,16 @@ def train_help(key: str) -> str:
     elif rule.kind == "choice":
         facts.append(" | ".join(str(c) for c in rule.choices))
     facts.append(f"default: {shown if shown not in ('', None) else 'none'}")
+    if key in SCRATCH_DEFAULTS:  # a default that follows the backbone
+        facts.append(f"from scratch: {SCRATCH_DEFAULTS[key] if SCRATCH_DEFAULTS[key] is not None else 'none'}")
     return f"{TRAIN_HELP[key]} ({'; '.join(facts)})".replace("%", "%%")
 
 
 TRAIN_FLAGS = {  # flag -> (config key, type)
     "data": str, "backbone": str, "image_size": int, "batch_size": int, "head_epochs": int,
-    "finetune_epochs": int, "head_lr": float, "finetune_lr": float, "seed": int, "val_fraction": float,
-    "test_fraction": float, "unfreeze_stages": int, "label_smoothing": float, "dropout": float,
-    "head_mode": str, "early_stopping_patience": int, "threads": int, "run_name": str,
+    "finetune_epochs": int, "head_lr": float, "finetune_lr": float, "optimizer": str, "seed": int,
+    "val_fraction": float, "test_fraction": float, "unfreeze_stages": int, "label_smoothing": float, "dropout": float,
+    "head_mode": str, "early_stopping_patience": int, "reduce_lr_patience": int, "threads": int, "run_name": str,
     "mixed_precision": str, "xla": str,
 }
 
@@ -461,7 +470,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     for key, kind in TRAIN_FLAGS.items():
         train.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, help=train_help(key))
     train.add_argument("--augmentation", help="preset (none|light|seed), a JSON file, or inline JSON")
-    train.add_argument("--weights", help="imagenet (default) or none for random initialisation")
+    train.add_argument("--weights", help="imagenet (default) or none for random initialisation (baseline_cnn: none, "
+                       "its only choice)")
     train.add_argument("--no-class-weights", action="store_true", help="do not weight classes by frequency")
     train.add_argument("--tta", action="store_true",
                        help="mirrored test-time augmentation: each photo scored with its mirror, averaged (off by "

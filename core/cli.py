@@ -353,12 +353,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from core.base.runs import RunDir
     from core.results.compare import compare_runs
 
+    stages = _stages(args.display, *[(f"{stage} {role}", f"{words} ({role})", "images") for role in "AB"
+                                     for stage, words in (("decoding", "Decoding images"), ("scoring", "Scoring"))])
     try:
         first, second = RunDir.open(args.run_a, args.models_dir), RunDir.open(args.run_b, args.models_dir)
-        result = compare_runs(first, second, data=Path(args.data) if args.data else None, seed=args.seed)
+        result = compare_runs(first, second, data=Path(args.data) if args.data else None, seed=args.seed,
+                              replicates=args.replicates, progress=stages if args.data else None)
     except StudioError as err:
+        args.display.close()
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    stages.finish()
+    args.display.close()
     _print_json(result)
     return EXIT_OK
 
@@ -541,7 +547,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     compare.add_argument("run_b", help="run folder or run id")
     compare.add_argument("--data", default=None, help="a labelled folder to score both on (default: the runs' own "
                          "test photos, which must be the same)")
-    compare.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
+    compare.add_argument("--replicates", type=int, default=2000,
+                         help="bootstrap replicates of the 95%% intervals (default 2000, at least 100)")
     compare.set_defaults(func=cmd_compare)
     bench = _command(sub, "bench", help="measure: loader | train | recipe throughput, scale (memory, disk, "
                      "time per phase by dataset size), stop (seconds to stop in each phase)")

@@ -8,7 +8,7 @@ from core import StudioError
 from core.results import charts
 from core.training import jobs, pairs
 from core.base.backbones import BACKBONES, DEFAULT_BACKBONE
-from core.base.config import TrainConfig
+from core.base.config import OPTIMIZERS, SGD_MOMENTUM, TrainConfig, all_defaults
 from core.training.hosting import training_limits
 from core.data.imagecache import cache_size, clear as clear_cache, default_cache_dir
 from core.base.runs import RunDamaged, RunDir
@@ -57,18 +57,26 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
                                      "faster; larger sees more detail.")
     middle.caption(f"Native size: {native} px" + (f" · recipe default: {recipe} px (frozen features are better a "
                                                    "little above the training size)" if recipe != native else ""))
-    head_epochs = right.number_input("Head epochs (phase 1, frozen base)", 1,
-                                     limits.max_head_epochs if limits else 200, DEFAULTS.head_epochs,
-                                     key="head_epochs",
-                                     help="With cached features (the default) the head is fitted exactly in "
-                                          "seconds and this only needs to be above 0; with head_mode 'images' "
-                                          "it is an upper bound that early stopping ends sooner.")
-    most_finetune = limits.max_finetune_epochs if limits else 100
-    finetune_epochs = right.number_input("Fine-tune epochs (phase 2)", 0, most_finetune,
-                                         min(quick["finetune_epochs"], most_finetune),
-                                         key="finetune_epochs",
-                                         help="0 trains the head only (quick on a CPU). Fine-tuning unfreezes the "
-                                              "top of the backbone at a ~100x lower learning rate.")
+    most_head = limits.max_head_epochs if limits else 200
+    if BACKBONES[backbone].from_scratch:  # no frozen base: one phase over the whole network, no fine-tuning
+        head_epochs = right.number_input("Epochs (the whole network, from scratch)", 1, most_head,
+                                         min(all_defaults(backbone)["head_epochs"], most_head), key="scratch_epochs",
+                                         help="An upper bound: early stopping ends sooner when the validation loss "
+                                              "stops improving.")
+        right.caption("No fine-tuning: a network trained from random weights has no pretrained base to unfreeze.")
+        finetune_epochs = 0
+    else:
+        head_epochs = right.number_input("Head epochs (phase 1, frozen base)", 1, most_head, DEFAULTS.head_epochs,
+                                         key="head_epochs",
+                                         help="With cached features (the default) the head is fitted exactly in "
+                                              "seconds and this only needs to be above 0; with head_mode 'images' "
+                                              "it is an upper bound that early stopping ends sooner.")
+        most_finetune = limits.max_finetune_epochs if limits else 100
+        finetune_epochs = right.number_input("Fine-tune epochs (phase 2)", 0, most_finetune,
+                                             min(quick["finetune_epochs"], most_finetune),
+                                             key="finetune_epochs",
+                                             help="0 trains the head only (quick on a CPU). Fine-tuning unfreezes the "
+                                                  "top of the backbone at a ~100x lower learning rate.")
     with st.expander("More settings"):
         a, b, c = st.columns(3)
         batch_size = a.select_slider("Batch size (per device)", ["auto", 4, 8, 16, 32, 64, 128, 256, 512], "auto",
@@ -76,10 +84,14 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
                                      help="auto: 32 on a CPU; on a GPU the largest that fits its memory.")
         head_lr = a.select_slider("Head learning rate", LEARNING_RATES, DEFAULTS.head_lr, key="head_lr",
                                   format_func=lambda v: f"{v:g}",
-                                  help="Adam's rate for head_mode 'images'; the default exact fit on cached "
-                                       "features has no learning rate.")
+                                  help="The rate of the head's epochs (head_mode 'images') and of a network trained "
+                                       "from scratch; the default exact fit on cached features has none.")
         finetune_lr = a.select_slider("Fine-tune learning rate", LEARNING_RATES, DEFAULTS.finetune_lr,
                                       key="finetune_lr", format_func=lambda v: f"{v:g}")
+        optimizer = a.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(DEFAULTS.optimizer), key="optimizer",
+                                format_func={"adam": "Adam", "sgd": f"SGD with momentum {SGD_MOMENTUM:g}"}.get,
+                                help="For every phase that trains over images (fine-tuning, a head on images, a "
+                                     "network from scratch); SGD usually wants a ~10x higher learning rate.")
         unfreeze = b.slider("Stages to unfreeze when fine-tuning", 0, 7, DEFAULTS.unfreeze_stages, key="unfreeze")
         patience = b.slider("Early stopping patience (epochs)", 1, 20, DEFAULTS.early_stopping_patience,
                             key="patience")
@@ -90,7 +102,7 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
         run_name = c.text_input("Run name (optional)", key="run_name")
     return {"data": str(dataset_root), "backbone": backbone, "image_size": int(size), "batch_size": None if batch_size == "auto" else int(batch_size),
             "head_epochs": int(head_epochs), "finetune_epochs": int(finetune_epochs), "head_lr": head_lr,
-            "finetune_lr": finetune_lr, "unfreeze_stages": int(unfreeze), "early_stopping_patience": int(patience),
+            "finetune_lr": finetune_lr, "optimizer": optimizer, "unfreeze_stages": int(unfreeze), "early_stopping_patience": int(patience),
             "dropout": float(dropout), "label_smoothing": float(smoothing), "class_weights": bool(class_weights),
             "tta": bool(tta), "run_name": run_name, "augmentation": current_augmentation(),
             "val_fraction": float(saved_setting(state, "val_fraction", DEFAULTS.val_fraction)),

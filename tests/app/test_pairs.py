@@ -221,3 +221,29 @@ def test_train_page_offers_compare_when_both_finished_and_says_why_not_otherwise
     no_exceptions(at)
     assert at.query_params["pair"] in (["2"], "2")
     assert at.selectbox(key="compare_pair").value == 2
+
+
+def test_train_page_trains_the_baseline_with_its_own_epochs_and_the_chosen_optimizer(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require(pairs.BASELINE in BACKBONES, "the baseline_cnn backbone (core.base.backbones)")
+    launched = []
+
+    def fake_start(config, models_dir, run_name="", lock_dir=None, after_own=False):
+        launched.append(config)
+        return make_run(Path(models_dir), "run-scratch", state="running", pid=os.getpid())
+
+    monkeypatch.setattr("core.training.jobs.start_training", fake_start)
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    pick_folder(at)
+    at.switch_page("pages/train.py").run()
+    at.selectbox(key="backbone").set_value(pairs.BASELINE).run()
+    no_exceptions(at)
+    assert "what pretrained weights buy" in texts(at) and "No fine-tuning" in texts(at)
+    assert at.number_input(key="scratch_epochs").value == SCRATCH_DEFAULTS["head_epochs"]
+    assert not [n for n in at.number_input if n.key == "finetune_epochs"]
+    at.selectbox(key="optimizer").set_value("sgd").run()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    no_exceptions(at)
+    (config,) = launched
+    assert (config.backbone, config.weights, config.head_mode, config.finetune_epochs, config.head_epochs,
+            config.optimizer) == (pairs.BASELINE, None, "images", 0, SCRATCH_DEFAULTS["head_epochs"], "sgd")

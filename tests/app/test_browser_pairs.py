@@ -58,9 +58,11 @@ def test_one_click_starts_a_pair_and_compare_opens_on_it_with_a_verdict(tmp_path
             expect(compare).to_be_visible(timeout=240_000)
             trained = time.monotonic() - started
             expect(page.get_by_text(f"Pair 1: {kind.title}: both runs finished; compare them.")).to_be_visible()
+            snapshot(page, "train-pair")
             compare.click()
             expect(page.get_by_role("heading", name="Evaluate", level=1)).to_be_visible()
             verdict = page.locator(".st-key-compare_verdict")
+            expect(verdict).to_be_visible(timeout=60_000)  # the Compare tab is the one open
             expect(verdict).to_contain_text(re.compile(r"points \(95% CI -?[\d.]+–-?[\d.]+\)"), timeout=60_000)
             text = verdict.inner_text()
             labels = kind.labels

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import re
+import socket
+import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -382,6 +387,257 @@ def _read_status_quietly(run) -> dict[str, Any]:
         return {}
 
 
+# ----------------------------------------------------------------------------------------- serve
+CHROMIUM = "/usr/bin/chromium"  # Debian's package: Playwright's own browser builds would need a download
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+TRAIN_PACKAGES = ("tensorflow", "keras", "albumentations")  # what a serve-profile venv must not have
+BROWSER_TIMEOUT_MS = 120_000  # a page step on a busy 2-core machine; Heroku allows a web process 60 s to bind
+# One line per classified photo on the Classify page: "name: class (p%)", or "name: unknown (why); best guess
+# class (p%)" below a run's threshold (a demo bundle has none).
+SHOWN_ANSWER = re.compile(r"\s*(\S+): (?:unknown \(.*\); best guess )?(\S+) \(([\d.]+)%\)\s*", re.S)
+
+
+@dataclass
+class ServedApp:
+    """A running `streamlit run` of the app: its address, its process, and when it started listening."""
+
+    url: str
+    process: subprocess.Popen
+    started: float  # time.perf_counter() just before the process was started
+    seconds_to_port: float
+
+
+def serve_env(demo_dir: Path, workspace: Path, port: int) -> dict[str, str]:
+    """The environment a Heroku dyno gives the app: PORT and the bundle folder; nothing of this venv leaks in."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    return {**env, "PORT": str(port), "STUDIO_DEMO_DIR": str(demo_dir), "STUDIO_WORKSPACE": str(workspace),
+            "PYTHONUNBUFFERED": "1"}
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def seconds_until_listening(port: int, process: subprocess.Popen, started: float, timeout: float = 60.0) -> float:
+    """Seconds from `started` (process start) until a TCP connect to `port` succeeds."""
+    while time.perf_counter() - started < timeout:
+        if process.poll() is not None:
+            raise StudioError(f"The app exited with {process.returncode} before it listened on port {port}.")
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return time.perf_counter() - started
+        time.sleep(0.05)
+    raise StudioError(f"Nothing listened on port {port} within {timeout:.0f} s of starting the app.")
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Block until Streamlit answers its health check: the port opens before the server can serve a page."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StudioError(f"The app exited with {process.returncode} before it answered {url}.")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise StudioError(f"The app did not answer its health check at {url} within {timeout:.0f} s.")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminate politely, then for good if it does not exit within 15 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def serve_app(python: Path, demo_dir: Path, workspace: Path, log: Path) -> Iterator[ServedApp]:
+    """The Procfile's command with `python` (streamlit on $PORT, headless), from the app's folder; stopped after.
+    A start that fails raises StudioError with the end of the server's log."""
+    from core.launch import APP_SCRIPT, app_script
+
+    port = free_port()
+    command = [str(python), "-m", "streamlit", "run", APP_SCRIPT, "--server.port", str(port),
+               "--server.headless", "true"]
+    with open(log, "wb") as out:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=app_script().parent, env=serve_env(demo_dir, workspace, port),
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        try:
+            seconds = seconds_until_listening(port, process, started)
+            url = f"http://127.0.0.1:{port}"
+            wait_until_healthy(url, process)
+        except StudioError as err:
+            raise StudioError(f"{err} Its log ends:\n{log.read_text(errors='replace')[-2000:]}") from None
+        yield ServedApp(url, process, started, seconds)
+    finally:
+        stop_process(process)
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM in /proc/<pid>/status), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise StudioError(f"/proc/{pid}/status has no VmHWM line (bench serve needs Linux).")
+
+
+def packages_in(python: Path, names: Sequence[str]) -> list[str]:
+    """Which of these top-level modules `python` can import (found, not imported: nothing is loaded)."""
+    probe = ("import importlib.util, json; "
+             f"print(json.dumps([m for m in {list(names)!r} if importlib.util.find_spec(m)]))")
+    result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise StudioError(f"{python} does not run ({(result.stderr.strip().splitlines() or ['no output'])[-1]}).")
+    return json.loads(result.stdout)
+
+
+def open_page(page, title: str) -> None:
+    """Open an app page through the sidebar, as a person would (a click that lands during a rerun is retried)."""
+    link = page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title, exact=True)
+    heading = page.get_by_role("heading", name=title, exact=True, level=1)
+    for _ in range(3):
+        link.click()
+        try:
+            heading.wait_for(timeout=15_000)
+            break
+        except Exception:  # playwright's TimeoutError: the click landed while a script run was finishing
+            continue
+    wait_until_idle(page)
+
+
+def wait_until_idle(page, timeout: float = BROWSER_TIMEOUT_MS) -> None:
+    """Wait until Streamlit has finished the current script run (its status widget says 'Running' meanwhile)."""
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=timeout)
+
+
+def classify_in_browser(page, photos: Sequence[Path], timeout: float = 60.0) -> dict[str, tuple[str, float]]:
+    """Upload the photos on Classify in one go and read, per photo, the class and percentage the page shows."""
+    open_page(page, "Classify")
+    page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files([str(p) for p in photos])
+    page.get_by_text(f"Classified {len(photos)} photo(s)").wait_for(timeout=BROWSER_TIMEOUT_MS)
+    wait_until_idle(page)
+    # The caption comes first and each photo's line follows as the script goes on: poll until all are drawn.
+    deadline = time.monotonic() + timeout
+    while True:
+        shown: dict[str, tuple[str, float]] = {}
+        for text in page.locator('[data-testid="stMarkdownContainer"]').all_inner_texts():
+            match = SHOWN_ANSWER.fullmatch(text)
+            if match:
+                shown[match.group(1)] = (match.group(2), float(match.group(3)))
+        if len(shown) >= len(photos) or time.monotonic() > deadline:
+            return shown
+        page.wait_for_timeout(500)
+
+
+def round_robin_val_photos(flowers: Path, count: int) -> list[Path]:
+    """`count` validation photos of flowers-mini, one class after another (the first of each, then the second...)."""
+    by_class = [sorted((flowers / "val" / c.name).glob("*.jpg")) for c in sorted((flowers / "val").iterdir())
+                if c.is_dir()]
+    picked = [photos[i] for i in range(max(map(len, by_class), default=0)) for photos in by_class if i < len(photos)]
+    if len(picked) < count:
+        raise StudioError(f"flowers-mini has {len(picked)} validation photos; ask for at most that many (--photos).")
+    return picked[:count]
+
+
+def _serve_inputs(args: argparse.Namespace) -> tuple[Path, Path, list[Path]]:
+    """The serve venv's python, the demo folder and the photos, each checked before anything starts."""
+    from core.data.samples import flowers_mini_dir, flowers_mini_missing_message
+    from core.serving.bundle import find_bundles
+    from core.serving.predict import MAX_PHOTOS_PER_BATCH
+
+    if not args.venv or not args.demo:
+        raise StudioError("bench serve needs --venv VENV (a serve-profile venv: pip install -r requirements.txt) "
+                          "and --demo DIR (the folder holding the demo bundle(s) to serve).")
+    python = Path(args.venv) / "bin" / "python"
+    if not python.is_file():
+        raise StudioError(f"{python}: no such interpreter; --venv takes a virtual environment's folder.")
+    demo = Path(args.demo)
+    if not find_bundles(demo):
+        raise StudioError(f"{demo}: no demo bundle (folder or .zip) in it; make one with "
+                          "`python -m core export RUN --format tflite --bundle` and copy its .zip there.")
+    if not 1 <= args.photos <= MAX_PHOTOS_PER_BATCH:
+        raise StudioError(f"--photos takes 1 to {MAX_PHOTOS_PER_BATCH} (one Classify batch), not {args.photos}.")
+    flowers = flowers_mini_dir()
+    if flowers is None:
+        raise StudioError(flowers_mini_missing_message())
+    if not Path(CHROMIUM).is_file():
+        raise StudioError(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium).")
+    return python, demo, round_robin_val_photos(flowers, args.photos)
+
+
+def bundle_summary(path: Path) -> dict[str, Any]:
+    """A demo bundle (folder or .zip) by its manifest: file name, backbone, image size, format, size on disk."""
+    import zipfile
+
+    from core.serving.bundle import MANIFEST
+
+    if path.is_dir():
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    else:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.rsplit("/", 1)[-1] == MANIFEST), None)
+            if name is None:
+                raise StudioError(f"{path}: no {MANIFEST} inside; this is not a demo bundle.")
+            manifest = json.loads(archive.read(name))
+        size = path.stat().st_size
+    return {"bundle": path.name, "backbone": manifest.get("backbone"), "image_size": manifest.get("image_size"),
+            "format": manifest.get("format"), "mb": round(size / 1e6, 1)}
+
+
 def bench_serve(args: argparse.Namespace) -> dict[str, Any]:
-    """A serve-profile app's seconds to a listening port and peak RSS (being moved here from tests/serving)."""
-    raise StudioError("bench serve is not implemented yet.")
+    """Start the app from a serve-profile venv as the Procfile does, on the bundle(s) in --demo; open it in Chromium,
+    wait for Evaluate to show the bundle, classify --photos flowers-mini photos on Classify in one upload; report the
+    seconds to a listening port and to that first page, and the server's peak RSS after each step."""
+    import tempfile
+
+    python, demo, photos = _serve_inputs(args)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise StudioError("bench serve drives Chromium with Playwright: pip install -r requirements-dev.txt.") from None
+
+    train_packages = packages_in(python, TRAIN_PACKAGES)
+    with tempfile.TemporaryDirectory(prefix="studio-bench-serve-") as scratch:
+        scratch_dir = Path(scratch)
+        with serve_app(python, demo, scratch_dir / "workspace", scratch_dir / "server.log") as served, \
+                sync_playwright() as playwright:
+            after_start = peak_rss_mib(served.process.pid)
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.set_default_timeout(BROWSER_TIMEOUT_MS)
+                page.goto(served.url)
+                page.get_by_text("Demo bundle of run").wait_for()  # the serve profile opens on Evaluate
+                first_page = time.perf_counter() - served.started
+                after_bundle = peak_rss_mib(served.process.pid)
+                shown = classify_in_browser(page, photos)
+                after_classify = peak_rss_mib(served.process.pid)
+            finally:
+                browser.close()
+    from core.serving.bundle import find_bundles
+
+    return {"venv": str(Path(args.venv).resolve()), "demo": str(demo.resolve()),
+            "bundles": [bundle_summary(path) for path in find_bundles(demo)],
+            "train_packages_in_venv": train_packages,
+            "seconds_to_port": round(served.seconds_to_port, 2),
+            "seconds_to_first_page_with_bundle": round(first_page, 2),
+            "peak_rss_mib_after_start": round(after_start),
+            "peak_rss_mib_after_bundle": round(after_bundle),
+            "peak_rss_mib_after_classify": round(after_classify),
+            "photos": len(photos), "photos_classified": len(shown)}

@@ -41,7 +41,8 @@ def test_is_in_the_registry_and_has_no_pretrained_weights():
 
 def test_its_settings_follow_the_backbone_and_contradictions_are_refused():
     config = TrainConfig.from_dict({"data": "photos", "backbone": "baseline_cnn"})
-    assert (config.weights, config.head_mode, config.finetune_epochs, config.head_epochs) == (None, "images", 0, 30)
+    assert (config.weights, config.head_mode, config.finetune_epochs, config.head_epochs,
+            config.early_stopping_patience) == (None, "images", 0, 50, 8)
     assert config.resolved_finetune_epochs("gpu") == 0
     for wrong, said in (({"weights": "imagenet"}, "no pretrained weights"),
                         ({"head_mode": "features"}, "no features worth fitting a head on"),

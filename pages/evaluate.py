@@ -731,8 +731,9 @@ def _classes(run) -> list[str]:
 
 
 def _stamp(run) -> tuple:
-    """When the run's model and evaluations last changed: a new evaluation makes a new comparison."""
-    files = [run.file("model.keras"), run.file("evaluation.json"), run.file("evaluations")]
+    """When the run's model and its own evaluation last changed: a new one makes a new comparison. (Not its
+    evaluations/ folder: a comparison on another folder writes there itself, and would then never be reused.)"""
+    files = [run.file("model.keras"), run.file("evaluation.json")]
     return tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in files)
 
 

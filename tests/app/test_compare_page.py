@@ -202,3 +202,32 @@ def test_the_real_comparison_refuses_runs_of_other_classes(workspace: Path) -> N
     refusal = next(w.value for w in at.warning if "different classes" in w.value)
     assert "run-p1-a" in refusal and "run-p1-b" in refusal
     assert not [s for s in at.success if "points" in s.value]
+
+
+def test_a_comparison_on_a_folder_is_not_scored_again_on_every_redraw(workspace: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring on a folder saves each run's evaluations/<folder>.json (as compare_runs does): the page must keep its
+    result rather than score both models again each time it is drawn."""
+    from core.data.ingest import COMPLETE_MARKER
+
+    make_pair(workspace / "runs", ("succeeded", "succeeded"), 1)
+    folder = workspace / "datasets" / "new-photos"
+    (folder / "daisy").mkdir(parents=True)
+    (folder / COMPLETE_MARKER).write_text("")
+    scored = []
+
+    def compare_runs(first, second, data=None, seed=0):
+        if data is not None:
+            scored.append(data)
+            for run in (first, second):
+                (run.path / "evaluations").mkdir(exist_ok=True)
+                (run.path / "evaluations" / f"{data.name}-{len(scored)}.json").write_text("{}")
+        return fake_result(first.run_id, second.run_id)
+
+    monkeypatch.setattr("core.results.compare.compare_runs", compare_runs)
+    at = compare_tab()
+    at.button(key="compare_on_folder").click().run()
+    for _ in range(2):
+        at.run()
+    no_exceptions(at)
+    assert scored == [folder]

@@ -93,8 +93,10 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
                                 help="For every phase that trains over images (fine-tuning, a head on images, a "
                                      "network from scratch); SGD usually wants a ~10x higher learning rate.")
         unfreeze = b.slider("Stages to unfreeze when fine-tuning", 0, 7, DEFAULTS.unfreeze_stages, key="unfreeze")
-        patience = b.slider("Early stopping patience (epochs)", 1, 20, DEFAULTS.early_stopping_patience,
-                            key="patience")
+        scratch = BACKBONES[backbone].from_scratch  # its own default (a network from random weights is slower)
+        patience = b.slider("Early stopping patience (epochs)", 1, 20,
+                            all_defaults(backbone)["early_stopping_patience"],
+                            key="scratch_patience" if scratch else "patience")
         dropout = b.slider("Dropout", 0.0, 0.8, DEFAULTS.dropout, 0.05, key="dropout")
         smoothing = c.slider("Label smoothing", 0.0, 0.3, DEFAULTS.label_smoothing, 0.05, key="smoothing")
         class_weights = c.checkbox("Weight classes by inverse frequency", DEFAULTS.class_weights, key="class_weights")

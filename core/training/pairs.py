@@ -27,6 +27,7 @@ PAIR_FILE = "pair.json"  # in each run folder of a pair
 BASELINE = "baseline_cnn"  # the from-scratch backbone of core.base.backbones
 ROLES = ("a", "b")
 NO_AUGMENTATION = ("none", "", None)
+PRETRAINED_ONLY = ("weights", "head_mode", "finetune_epochs")  # what a from-scratch backbone refuses other values of
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,11 @@ def pair_configs(kind: PairKind, config: TrainConfig) -> tuple[TrainConfig, Trai
 def for_backbone(config: TrainConfig, backbone: str) -> TrainConfig:
     """`config` for another backbone (TrainConfig.with_backbone), where a from-scratch backbone also takes its own
     weights, head mode and fine-tuning whatever the pretrained recipe had: fine-tuning epochs chosen for an
-    EfficientNet mean nothing for a network that trains whole from the first epoch. Its epochs are kept when set."""
+    EfficientNet mean nothing for a network that trains whole from the first epoch. Anything else set by hand (its
+    epochs, patience) is kept; left at the default, it takes the new backbone's."""
     from core.base.config import backbone_defaults
 
-    forced = {key: value for key, value in backbone_defaults(backbone).items() if key != "head_epochs"}
+    forced = {key: value for key, value in backbone_defaults(backbone).items() if key in PRETRAINED_ONLY}
     return dataclasses.replace(config, **forced).with_backbone(backbone)
 
 

@@ -58,6 +58,13 @@ def test_each_pair_kind_gives_each_run_its_value() -> None:
         # Run A goes without what the pair shows, run B with it: Compare's B minus A is what pretraining buys.
         assert (first.backbone, first.weights, second.backbone, second.weights) == \
             (pairs.BASELINE, None, "efficientnet_lite0", "imagenet")
+        # Set by hand, the epochs and patience are kept for both; left at their default, each takes its own.
+        hand = TrainConfig.from_dict({**BASE, "early_stopping_patience": 5})
+        first, second = pairs.pair_configs(pairs.get_kind("transfer"), hand)
+        assert (first.head_epochs, first.early_stopping_patience) == (4, 5) == \
+            (second.head_epochs, second.early_stopping_patience)
+        first, second = pairs.pair_configs(pairs.get_kind("transfer"), TrainConfig.from_dict({"data": "/x"}))
+        assert first.head_epochs == SCRATCH_DEFAULTS["head_epochs"] and second.head_epochs == TrainConfig().head_epochs
 
 
 def test_an_augmentation_pair_that_could_not_differ_is_refused() -> None:
@@ -247,3 +254,4 @@ def test_train_page_trains_the_baseline_with_its_own_epochs_and_the_chosen_optim
     (config,) = launched
     assert (config.backbone, config.weights, config.head_mode, config.finetune_epochs, config.head_epochs,
             config.optimizer) == (pairs.BASELINE, None, "images", 0, SCRATCH_DEFAULTS["head_epochs"], "sgd")
+    assert config.early_stopping_patience == SCRATCH_DEFAULTS.get("early_stopping_patience", 3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
@@ -89,15 +90,22 @@ class ImageBatches(_PyDataset):
         if self.shard_count > 1 and self.weights is None:
             self.weights = np.ones(len(self.labels), np.float32)  # so padding rows can weigh 0
         self.batch_size, self.augment, self.shuffle = int(batch_size), augment, shuffle
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(images)) if shuffle else np.arange(len(images))
+        self.seed, self.passes, self.served_last = seed, 0, False
+        self.pass_lock = threading.Lock()  # Keras may fetch batches from several threads
+        self.order = self.order_of_pass(0)
         self.pool = ThreadPoolExecutor(max_workers=threads or default_threads()) if augment else None
 
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
 
+    def order_of_pass(self, number: int) -> np.ndarray:
+        """The rows in the order pass `number` walks them: a function of the seed and the pass alone."""
+        if not self.shuffle:
+            return np.arange(len(self.images))
+        return np.random.default_rng([self.seed, number]).permutation(len(self.images))
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
-        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        rows = self._rows_for(index)
         weights = None if self.weights is None else self.weights[rows]
         if self.shard_count > 1:
             rows, weights = self._local_slice(rows, weights)
@@ -122,9 +130,19 @@ class ImageBatches(_PyDataset):
         keep = slice(self.shard_index * share, (self.shard_index + 1) * share)
         return rows[keep], weights[keep]
 
-    def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self.order = self.rng.permutation(len(self.images))
+    def _rows_for(self, index: int) -> np.ndarray:
+        """A new pass (a new order) begins when batch 0 is asked for after the last batch was served.
+
+        Not on Keras' on_epoch_end: Keras calls it at different moments on different paths (once after peeking
+        at two batches for the tensor spec on one device, not under MirroredStrategy), so counting its calls gave
+        one device and two devices different batches from the same seed (tests/network/test_distribute.py)."""
+        with self.pass_lock:
+            if index == 0 and self.served_last:
+                self.passes += 1
+                self.order, self.served_last = self.order_of_pass(self.passes), False
+            if index == len(self) - 1:
+                self.served_last = True
+            return self.order[index * self.batch_size:(index + 1) * self.batch_size]
 
     def close(self) -> None:
         if self.pool:

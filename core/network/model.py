@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import keras
 import numpy as np
@@ -40,21 +41,47 @@ def with_mid_level_features(base: keras.Model, stages: int = MID_LEVEL_STAGES) -
     return keras.Model(base.input, merged, name=base.name)
 
 
-def build_classifier(base: keras.Model, num_classes: int, dropout: float = 0.2) -> keras.Model:
+def build_classifier(base: keras.Model, num_classes: int, dropout: float = 0.2,
+                     synchronized_batchnorm: bool = False) -> keras.Model:
     """GAP -> BatchNorm -> Dropout -> Dense(softmax) on top of `base` (the keras.io fine-tuning head).
 
     Input is uint8 so batches cross to the device at a quarter of float32's size; Rescaling(1.0) casts.
+    `synchronized_batchnorm` (TensorFlow with several replicas only): the head's BatchNorm normalises a training
+    batch with the global batch's statistics, not each replica's share of it.
     """
     size = base.input_shape[1]
     inputs = keras.Input((size, size, 3), dtype="uint8", name="pixels")
     x = keras.layers.Rescaling(1.0, name="to_float")(inputs)
     x = base(x)
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
-    x = keras.layers.BatchNormalization(name="head_bn")(x)
+    x = keras.layers.BatchNormalization(name="head_bn", synchronized=synchronized_batchnorm)(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     # float32 output even under mixed precision, so softmax and the loss stay numerically stable.
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name=f"{base.name}_classifier")
+
+
+@contextmanager
+def portable_batchnorm(model: keras.Model) -> Iterator[None]:
+    """While saving: BatchNorm layers say synchronized=False. The flag only changes training under a TensorFlow
+    distribution strategy, and Keras refuses to build such a layer on any other backend, so a model saved with it
+    would not load under JAX. The layers keep the flag in memory (their training steps are traced already)."""
+    synchronized = [layer for layer in _all_layers(model)
+                    if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized]
+    for layer in synchronized:
+        layer.synchronized = False
+    try:
+        yield
+    finally:
+        for layer in synchronized:
+            layer.synchronized = True
+
+
+def _all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
 
 
 def base_of(classifier: keras.Model) -> keras.Model:

@@ -370,7 +370,10 @@ class Trainer:
             base = create_backbone(config.backbone, self.size, config.weights)
             if config.multi_level:
                 base = with_mid_level_features(base)
-            self.model = build_classifier(base, len(dataset.classes), config.dropout)
+            # Several TensorFlow replicas: the head's BatchNorm takes its statistics over the global batch, as one
+            # device (and JAX's data parallelism) would; per-replica statistics made 2 devices train unlike 1.
+            self.model = build_classifier(base, len(dataset.classes), config.dropout,
+                                          synchronized_batchnorm=self.parallel.kind == "mirrored")
         self.tracker.finish(progress.PREPARE)
         if self._stop_now():
             raise StopRequested()
@@ -587,7 +590,9 @@ class Trainer:
         self.tracker.start(phase)
         if self._stop_now():  # compiling the first step can take a while: don't start it for nothing
             raise StopRequested()
-        model.fit(epochs=epochs, callbacks=callbacks, verbose=0, **fit_args)
+        # shuffle=False: the loader shuffles its rows itself, seeded (core.data.loader); Keras' own shuffling of the
+        # batch order draws on Python's global random state, so the same seed gave other batches on other paths.
+        model.fit(epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False, **fit_args)
         self.sync_stop()
         self.tracker.finish(phase)
         self.phase_ended()
@@ -624,10 +629,13 @@ class Trainer:
     def _save_model(self, model) -> None:
         """Save atomically: a reader never sees half a model.keras. With several processes every one saves (saving
         reads the replicated variables, a step all processes take together); the others into their scratch folder."""
+        from core.network.model import portable_batchnorm
+
         final = self.run.file(MODEL)
         temporary = self.run.file(".model.partial.keras")
         try:
-            model.save(temporary)
+            with portable_batchnorm(model):  # the saved file loads on every backend
+                model.save(temporary)
             os.replace(temporary, final)
             self.memory_matches_saved = model is self.model
         except BaseException:  # e.g. disk full: the previous best model.keras stays as it was

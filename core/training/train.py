@@ -46,8 +46,9 @@ PHASE_HEAD, PHASE_FINETUNE = progress.HEAD_EPOCHS, progress.FINETUNE
 PHASE_SCRATCH = "scratch"  # a from-scratch backbone's one phase: every layer trained, from the first epoch
 SCRATCH_LABEL = "Training the whole network from scratch"
 # Seconds per image of a from-scratch epoch (training and validation images together) before one is measured: the
-# baseline CNN at 128 px on 2 CPU cores; the measured rate replaces it after the first batch.
-SCRATCH_PRIOR_SECONDS = 0.02
+# baseline CNN at 128 px on 2 CPU cores took 2-3 s per epoch of flowers-mini's 400 photos when the machine was
+# otherwise idle (docs/comparisons.md); the measured rate replaces it after the first batch.
+SCRATCH_PRIOR_SECONDS = 0.006
 # A fine-tuning image costs about 3.5 frozen feature passes on a CPU (forward, then backward through the unfrozen
 # top); only the first estimate uses it, the measured rate replaces it after the first batch.
 FINETUNE_COST = 3.5

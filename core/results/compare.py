@@ -152,16 +152,17 @@ def verdict(labels: tuple[str, str], accuracy: dict[str, Any], test: dict[str, A
     head = (f"{labels[1]}: {accuracy['b']:.1%}, {labels[0]}: {accuracy['a']:.1%}: "
             f"{100 * accuracy['difference']:+.1f} points (95% CI {low:.1f}–{high:.1f})")
     if significant:
-        return f"{head}, not chance (McNemar p = {_p(test['p_value'])}, {photos} photos)."
+        return f"{head}, not chance (McNemar p {_p(test['p_value'])}, {photos} photos)."
     if excludes_zero or test["p_value"] < ALPHA:
         which = "the interval excludes 0" if excludes_zero else "the interval includes 0"
-        return (f"{head}: a difference these {photos} photos cannot confirm ({which}, McNemar p = "
+        return (f"{head}: a difference these {photos} photos cannot confirm ({which}, McNemar p "
                 f"{_p(test['p_value'])}).")
-    return f"{head}: no real difference on these {photos} photos (McNemar p = {_p(test['p_value'])})."
+    return f"{head}: no real difference on these {photos} photos (McNemar p {_p(test['p_value'])})."
 
 
 def _p(value: float) -> str:
-    return "< 0.001" if value < 0.001 else f"{value:.3f}" if value < 0.1 else f"{value:.2f}"
+    """'< 0.001', '= 0.018', '= 0.35': as a p-value is written after its p."""
+    return "< 0.001" if value < 0.001 else f"= {value:.3f}" if value < 0.1 else f"= {value:.2f}"
 
 
 # ------------------------------------------------------------------------------------------------ the runs

@@ -339,7 +339,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     try:
         run = RunDir.open(args.run, args.models_dir)
-        out = write_report(run, Path(args.out) if args.out else Path(default_report_name(run)))
+        other = RunDir.open(args.compare, args.models_dir) if args.compare else None
+        out = write_report(run, Path(args.out) if args.out else Path(default_report_name(run)), compare_with=other)
     except StudioError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -540,6 +541,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                       "its path")
     report.add_argument("run", help="run folder or run id")
     report.add_argument("--out", help="the HTML file to write, or a folder (default: report-<run id>.html here)")
+    report.add_argument("--compare", metavar="RUN", default=None,
+                        help="another run (folder or id) to compare this one with on the same photos: the report "
+                        "opens with the verdict, both differences with 95%% intervals and recall per class")
     report.set_defaults(func=cmd_report)
     compare = _command(sub, "compare", help="two runs scored on the same photos: accuracy and macro-F1 differences "
                        "with 95%% intervals (paired bootstrap), McNemar's test, per-class differences and a verdict")

@@ -290,10 +290,17 @@ def _class_list(classes: Sequence[str], limit: int = 20) -> str:
     return shown + (f" and {len(classes) - limit:,} more" if len(classes) > limit else "")
 
 
+def _from_scratch(f: RunFacts) -> bool:
+    """A run of a from-scratch backbone (the baseline CNN): config.json's resolved recipe says so."""
+    return (f.config.get("resolved") or {}).get("recipe") == "from scratch"
+
+
 def _card_use(f: RunFacts) -> str:
+    how = ("training a small CNN from random initialisation (no pretrained weights), the baseline that shows what "
+           "transfer learning buys," if _from_scratch(f) else "transfer learning from an ImageNet EfficientNet")
     return ("<h3>Intended use</h3>"
             f"<p>Sorting photos into one of {len(f.classes)} classes: {_class_list(f.classes)}. It was trained by "
-            "transfer learning from an ImageNet EfficientNet on the photos described below, as a prototype to judge "
+            f"{how} on the photos described below, as a prototype to judge "
             "whether the task can be automated. It is not meant for decisions about people, or for any use where a "
             "wrong answer is costly without a person checking it; every photo gets one of its classes, even a photo "
             "of something else entirely.</p>")
@@ -311,10 +318,13 @@ def _card_model(f: RunFacts) -> str:
     head = {"features": "a new head fitted on the frozen backbone's features",
             "images": "a new head trained on augmented photos"}.get(f.config.get("head_mode"), "a new head")
     finetune = (f.config.get("resolved") or {}).get("finetune_epochs", f.config.get("finetune_epochs"))
+    recipe = f"{head}, {_fine_tuning(finetune)}"
+    if _from_scratch(f):
+        recipe = "every layer trained from random initialisation on augmented photos, no pretrained weights"
     return "<h3>Model</h3>" + facts([
         ("Run", f"{esc(f.run.run_id)}" + (f" ({esc(f.config['run_name'], 60)})" if f.config.get("run_name") else "")),
         ("Backbone", f"{esc(label)} at {f.image_size or 'n/a'} px"),
-        ("Recipe", f"{head}, {_fine_tuning(finetune)}; test-time mirroring {'on' if f.config.get('tta') else 'off'}"),
+        ("Recipe", f"{recipe}; test-time mirroring {'on' if f.config.get('tta') else 'off'}"),
         ("Trained", f"{esc(status.get('state', 'unknown'))}, finished {when(status.get('finished'))}"),
     ])
 

@@ -225,6 +225,17 @@ def test_the_model_card_says_which_corrections_the_run_trained_with(tmp_path):
     assert "1 photo(s) relabelled and 2 excluded by the user before training" in text
 
 
+def test_the_model_card_of_a_from_scratch_run_says_no_pretrained_weights(tmp_path):
+    run = fake_run(tmp_path / "models", ["cats", "dogs"])
+    run.write_config({**run.read_config(), "backbone": "baseline_cnn",
+                      "resolved": {"image_size": 128, "recipe": "from scratch", "finetune_epochs": 0}})
+    text = build_report(run, cache_dir=tmp_path / "cache")
+    assert "from random initialisation (no pretrained weights)" in text and "ImageNet EfficientNet" not in text
+    assert "every layer trained from random initialisation" in text
+    transfer = build_report(fake_run(tmp_path / "other", ["cats", "dogs"]), cache_dir=tmp_path / "cache")
+    assert "transfer learning from an ImageNet EfficientNet" in transfer
+
+
 def test_moved_photos_and_a_broken_model_still_give_a_report_with_hostile_names_escaped(tmp_path):
     evil = "</script><script>window.pwned=1</script>"
     classes = ["cats", evil]

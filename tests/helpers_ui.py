@@ -7,15 +7,18 @@ browser and to refresh docs/screenshots/: `.venv/bin/python -m tests.helpers_ui 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import pytest
 
@@ -110,6 +113,77 @@ def wait_idle(page, timeout: float = 60_000) -> None:
     """Wait until Streamlit has finished the current script run (its status widget says 'Running' meanwhile)."""
     page.wait_for_timeout(300)
     page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=timeout)
+
+
+THROTTLE_ENV = "STUDIO_TRAIN_THROTTLE"  # core.base.progress: seconds each phase waits at its start
+HOLD_THROTTLE_SECONDS = "0.5"  # that wait, long enough for trainer_held to catch even a phase with no work
+
+
+@dataclass
+class HeldTrainer:
+    """A trainer frozen by trainer_held: its run folder, process id and the phase it was caught in."""
+
+    run: Path
+    pid: int
+    phase: str
+
+    def stop_requested(self) -> bool:
+        """True once the app has asked this run to stop (core.base.runs' STOP file)."""
+        from core.base.runs import RunDir
+
+        return RunDir(self.run).stop_requested()
+
+
+def running_trainer(runs_dir: Path) -> tuple[Path, dict] | None:
+    """The run under `runs_dir` whose trainer is running now, with its status.json (None when there is none)."""
+    for status_file in runs_dir.glob("*/status.json"):
+        try:
+            status = json.loads(status_file.read_text(encoding="utf-8"))
+        except (ValueError, OSError):  # replaced while read: read again on the next poll
+            continue
+        if isinstance(status, dict) and status.get("state") == "running" and status.get("pid"):
+            return status_file.parent, status
+    return None
+
+
+@contextlib.contextmanager
+def trainer_held(runs_dir: Path, phases: Sequence[str], timeout: float = 300.0) -> Iterator[HeldTrainer]:
+    """Freeze the trainer running under `runs_dir` (SIGSTOP) as soon as its status says it is in one of `phases`,
+    and let it go on (SIGCONT) when the block ends: the page can then be looked at, and Stop pressed, in that phase
+    however fast or slow this machine trains. The server must run with THROTTLE_ENV (e.g. HOLD_THROTTLE_SECONDS):
+    each phase then waits that long at its start, so a phase is caught before it has done any work, and a stop
+    asked for meanwhile is honoured in it."""
+    deadline = time.monotonic() + timeout
+    seen = "no running trainer"
+    while time.monotonic() < deadline:
+        found = running_trainer(runs_dir)
+        if found is not None:
+            run, status = found
+            seen = f"{run.name} in phase {status.get('phase')!r}"
+            if status.get("phase") in phases:
+                break
+        time.sleep(0.01)
+    else:
+        raise AssertionError(f"no trainer under {runs_dir} reached {list(phases)} within {timeout:.0f} s ({seen})")
+    pid = int(status["pid"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        caught = json.loads((run / "status.json").read_text(encoding="utf-8"))  # it cannot change while frozen
+        assert caught.get("phase") == status["phase"] and caught.get("state") == "running", \
+            f"the trainer left phase {status['phase']!r} before it was held (now {caught.get('phase')!r}, " \
+            f"{caught.get('state')!r}); give it a longer {THROTTLE_ENV}"
+        yield HeldTrainer(run, pid, status["phase"])
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:
+    """Poll `condition()` every 0.1 s until it holds (or fail naming `what`)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(0.1)
 
 
 def snapshot(page, name: str, folder: Path = ARTIFACTS) -> Path:

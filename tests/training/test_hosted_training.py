@@ -28,9 +28,14 @@ def test_the_probes_b7_run_is_refused_naming_every_setting_over_its_limit(hosted
         check_training_limits(config)
     message = str(raised.value)
     for part in ("backbone efficientnet_b7 is not offered on this shared demo (choose efficientnet_lite0 or "
-                 "efficientnet_b0)", "image_size 600 is over this demo's 300 px", "head_epochs 200 is over this "
-                 "demo's 30", "finetune_epochs 100 is over this demo's 5"):
+                 "efficientnet_b0 or baseline_cnn)", "image_size 600 is over this demo's 300 px", "head_epochs 200 is "
+                 "over this demo's 50", "finetune_epochs 100 is over this demo's 5"):
         assert part in message
+
+
+def test_the_from_scratch_baseline_with_its_defaults_fits_a_hosted_demo(hosted):
+    """So a visitor can run the pretrained-vs-from-scratch pair on the demo."""
+    assert limit_problems(TrainConfig(data="x", backbone="baseline_cnn"), training_limits()) == []
 
 
 def test_the_default_recipe_fits_within_the_limits_and_nothing_is_limited_when_not_hosted(hosted, monkeypatch):
@@ -130,7 +135,8 @@ def test_train_page_offers_only_what_a_visitor_may_start_and_queues_behind_anoth
         at.switch_page("pages/train.py").run()
         no_exceptions(at)
         assert at.selectbox(key="backbone").options == ["EfficientNet-Lite0 (offline weights) · 224 px",
-                                                    "EfficientNet-B0 · 224 px"]
+                                                    "EfficientNet-B0 · 224 px",
+                                                    "Baseline CNN (from scratch) · 128 px"]
         assert max(int(o) for o in at.select_slider(key="image_size").options) <= 300
         assert "This is a shared demo" in texts(at) and "waits in the queue" in texts(at)
         start = next(b for b in at.button if b.label == "Start training")

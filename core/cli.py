@@ -34,7 +34,7 @@ PREDICT_CHUNK = 32  # photos classified per call: a bar that moves, and memory b
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    print(json.dumps(data, indent=2, default=str, ensure_ascii=False))  # a verdict's "13.8–37.5" stays readable
 
 
 def _load_augmentation(value: str) -> Any:

@@ -52,6 +52,9 @@ class Phase:
     # The first report of work done: the rate is measured from there on, because the first batch also pays
     # one-time costs (tracing, compiling, warming caches) that would make every later estimate too long.
     first_report: tuple[float, float] | None = None
+    # Seconds of other one-time costs inside the phase (tracing the validation step at the first epoch's end), left
+    # out of the measured rate for the same reason.
+    one_time_seconds: float = 0.0
 
     @property
     def label(self) -> str:
@@ -62,7 +65,8 @@ class Phase:
             return None
         end = self.ended or now
         if self.first_report is not None and self.done > self.first_report[1] and self.ended is None:
-            return (end - self.first_report[0]) / (self.done - self.first_report[1])
+            spent = max(end - self.first_report[0] - self.one_time_seconds, 0.0)
+            return spent / (self.done - self.first_report[1])
         return (end - self.started) / self.done
 
 
@@ -100,7 +104,7 @@ class Tracker:
         phase = self.phase(name)
         if total is not None:
             phase.total = total
-        phase.started, phase.done, phase.first_report = self.clock(), 0.0, None
+        phase.started, phase.done, phase.first_report, phase.one_time_seconds = self.clock(), 0.0, None, 0.0
         self.current = phase
         self._write(force=True, **{"message": "", "phase_epochs": None, "phase_epoch": None, **fields})
         if self.throttle and not self.stopped:  # tests and demos: hold the phase on screen before its work

@@ -721,8 +721,14 @@ class RunLogger(keras.callbacks.Callback):
         if not self._report(seen, step=batch + 1):
             self.model.stop_training = True
 
+    def on_test_begin(self, logs=None):
+        self.validation_started = time.monotonic()
+
     def on_test_batch_end(self, batch, logs=None):
         """Validation at an epoch's end: counted in the bar, and a stop ends it too."""
+        if batch == 0 and self.phase_epoch == 1 and self.trainer.tracker.current is not None:
+            # The first validation batch of a phase traces the validation step: a one-time cost, not the rate.
+            self.trainer.tracker.current.one_time_seconds += time.monotonic() - self.validation_started
         self.trainer.sync_stop()
         checked = min((batch + 1) * self.images_per_step, self.val_images)
         if not self._report(self.train_images + checked, message="validating", step=self.params.get("steps") or 0):

@@ -255,3 +255,19 @@ def test_the_batch_size_follows_the_device_memory_and_precision() -> None:
     assert choose_batch_size(t4, 456, "mixed_float16") == 64  # 4.1x the pixels of 224
     assert choose_batch_size(DeviceInfo("tensorflow", "gpu", "GPU", 1), 224, "float32") == 64  # memory unknown
     assert loader_workers(t4) >= 2
+
+
+def test_one_time_costs_inside_a_phase_are_left_out_of_its_rate() -> None:
+    """Tracing the validation step at the first epoch's end is paid once; counted in the rate, it made the time
+    left at epoch 2 of a small run twice the truth (tests/training/test_dynamics.py)."""
+    clock = FakeClock()
+    tracker, _ = tracker_with([progress.Phase("finetune", 100)], clock)
+    tracker.start("finetune")
+    clock.now += 5  # the first batch: compiling the training step
+    tracker.advance(10, force=True)
+    clock.now += 9  # 40 more images at 0.1 s, then 5 s tracing the validation step
+    tracker.phase("finetune").one_time_seconds += 5.0
+    tracker.advance(50, force=True)
+    assert tracker.phase_eta(tracker.phase("finetune"), clock.now) == pytest.approx(50 * 0.1)
+    tracker.start("finetune")  # a phase started again measures afresh
+    assert tracker.phase("finetune").one_time_seconds == 0.0

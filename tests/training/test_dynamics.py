@@ -202,30 +202,31 @@ def test_stop_on_a_finished_run_changes_nothing(tmp_path: Path) -> None:
     assert run.read_status() == before
 
 
-def test_the_time_left_follows_a_steady_run(tmp_path: Path, two_flowers: Path) -> None:
+def test_the_time_left_follows_a_steady_run(tmp_path: Path, flowers_dir: Path) -> None:
     """Every status record of a real run (the default exact head fit, then 4 fine-tuning epochs), compared
-    afterwards with when fine-tuning and the run really ended. Stated error: the phase's time left said at the start
-    of each fine-tuning epoch after the first gets closer to the truth epoch by epoch, and at the last epoch's start
-    is within a factor of 2 of the time it really took (the rate still carries the first epoch's one-time tracing of
-    the validation step: at epoch 2 of this tiny run measured 8.3 s said for 2.6 s taken, a cost a real dataset's
-    epochs dilute; not fixed yet); and the whole-run estimate at fine-tuning's first record,
+    afterwards with when fine-tuning and the run really ended. Stated error: at the start of each fine-tuning epoch
+    after the first (the rate then covers whole epochs of training and validation images, without the one-time
+    tracing of the first training and validation steps) the phase's time left is within 50% of the time it really
+    took to end, in the median over epochs 2-4 (before the tracing was left out: 8.3 s said for 2.6 s taken at epoch
+    2 of a 96-photo run); and the whole-run estimate at fine-tuning's first record,
     made from the frozen-feature rate times the fine-tuning cost factor before any fine-tuning step was timed, is
     within a factor of 3 of the truth."""
     records: list[tuple[float, dict[str, Any]]] = []
-    config = TrainConfig(data=str(two_flowers), image_size=96, finetune_epochs=4, early_stopping_patience=10,
+    config = TrainConfig(data=str(flowers_dir), image_size=64, finetune_epochs=4, early_stopping_patience=10,
                          augmentation="none", seed=2)
     run = run_training(config, models_dir=tmp_path, on_progress=lambda f: records.append((time.monotonic(), dict(f))))
     assert run.read_status()["state"] == "succeeded"
     assert len([r for r in epochs_of(run) if r["phase"] == "finetune"]) == 4
     ended = records[-1][0]
     finetune = [(t, f) for t, f in records if f.get("phase") == "finetune"]
-    finetune_end = next(t for t, f in records if t > finetune[-1][0] and f.get("phase") != "finetune")
+    finetune_end = finetune[-1][0]  # the phase's last record: written as fit returns (tracker.finish)
     epoch_starts = [(t, f) for t, f in finetune if (f.get("phase_epoch") or 0) >= 2 and f.get("step") == 0
                     and f.get("message") != "validating"]
     assert [f["phase_epoch"] for _, f in epoch_starts] == [2, 3, 4]
     errors = [abs(f["phase_eta_seconds"] - (finetune_end - t)) / (finetune_end - t) for t, f in epoch_starts]
     said = [(f["phase_eta_seconds"], round(finetune_end - t, 1)) for t, f in epoch_starts]
-    assert errors[-1] <= 1.0 and errors[-1] <= errors[0], f"(said, taken) at epochs 2, 3, 4: {said}"
+    print("time left (said, taken) at fine-tuning epochs 2, 3, 4:", said)
+    assert float(np.median(errors)) <= 0.5, f"(said, taken) at epochs 2, 3, 4: {said}"
     first_time, first = finetune[0]
     actual_rest = ended - first_time
     assert actual_rest / 3 < first["eta_seconds"] < actual_rest * 3, (first["eta_seconds"], actual_rest)

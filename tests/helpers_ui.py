@@ -153,6 +153,10 @@ def trainer_held(runs_dir: Path, phases: Sequence[str], timeout: float = 300.0) 
     however fast or slow this machine trains. The server must run with THROTTLE_ENV (e.g. HOLD_THROTTLE_SECONDS):
     each phase then waits that long at its start, so a phase is caught before it has done any work, and a stop
     asked for meanwhile is honoured in it."""
+    from core.base.progress import LABELS
+
+    order = list(LABELS)  # the phases in the order a run goes through them
+    last_wanted = max(order.index(phase) for phase in phases)
     deadline = time.monotonic() + timeout
     seen = "no running trainer"
     while time.monotonic() < deadline:
@@ -162,6 +166,9 @@ def trainer_held(runs_dir: Path, phases: Sequence[str], timeout: float = 300.0) 
             seen = f"{run.name} in phase {status.get('phase')!r}"
             if status.get("phase") in phases:
                 break
+            if status.get("phase") in order and order.index(status["phase"]) > last_wanted:
+                raise AssertionError(f"{seen}: it passed {list(phases)} before it was caught; give it a longer "
+                                     f"{THROTTLE_ENV}")
         time.sleep(0.01)
     else:
         raise AssertionError(f"no trainer under {runs_dir} reached {list(phases)} within {timeout:.0f} s ({seen})")

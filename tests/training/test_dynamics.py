@@ -146,7 +146,8 @@ def test_a_stop_during_fine_tuning_keeps_the_best_model_and_says_stopped(tmp_pat
     run = RunDir.create(tmp_path)
 
     def stop_in_the_second_fine_tuning_epoch(fields: dict[str, Any]) -> None:
-        if fields.get("phase") == "finetune" and (fields.get("phase_epoch") or 0) >= 2 and (fields.get("step") or 0) >= 1:
+        # the record written as fine-tuning's second epoch begins (always written, whatever the machine's speed)
+        if fields.get("phase") == "finetune" and (fields.get("phase_epoch") or 0) >= 2:
             run.request_stop()
 
     run_training(config, run=run, on_progress=stop_in_the_second_fine_tuning_epoch)
@@ -176,7 +177,7 @@ def test_sigterm_during_fine_tuning_stops_like_the_stop_button(tmp_path: Path, t
         if folders:
             run = RunDir(folders[0])
             status = run.read_status()
-            if status.get("phase") == "finetune" and (status.get("step") or 0) >= 1:
+            if status.get("phase") == "finetune":  # written at once as the phase starts, however fast the machine
                 break
         time.sleep(0.2)
     assert run is not None and trainer.poll() is None, "the trainer ended before fine-tuning"

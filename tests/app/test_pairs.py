@@ -255,3 +255,7 @@ def test_train_page_trains_the_baseline_with_its_own_epochs_and_the_chosen_optim
     assert (config.backbone, config.weights, config.head_mode, config.finetune_epochs, config.head_epochs,
             config.optimizer) == (pairs.BASELINE, None, "images", 0, SCRATCH_DEFAULTS["head_epochs"], "sgd")
     assert config.early_stopping_patience == SCRATCH_DEFAULTS.get("early_stopping_patience", 3)
+    # the image size followed the backbone: the baseline's 128 px, not the 288 px Lite0 had left on the slider
+    assert config.image_size == BACKBONES[pairs.BASELINE].recipe_size == 128
+    at.selectbox(key="backbone").set_value("efficientnet_lite0").run()
+    assert at.select_slider(key="image_size").value == BACKBONES["efficientnet_lite0"].recipe_size

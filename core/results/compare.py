@@ -148,16 +148,35 @@ def compare_predictions(true: Sequence[int], pred_a: Sequence[int], pred_b: Sequ
 def verdict(labels: tuple[str, str], accuracy: dict[str, Any], test: dict[str, Any], significant: bool,
             excludes_zero: bool, photos: int) -> str:
     """One sentence: B's and A's accuracy, B - A in points with its interval, and what it means."""
-    low, high = (100 * v for v in accuracy["ci95"])
-    head = (f"{labels[1]}: {accuracy['b']:.1%}, {labels[0]}: {accuracy['a']:.1%}: "
-            f"{100 * accuracy['difference']:+.1f} points (95% CI {low:.1f}–{high:.1f})")
+    head = (f"{_named(labels[1])}: {accuracy['b']:.1%}, {_named(labels[0])}: {accuracy['a']:.1%}: "
+            f"{_signed(100 * accuracy['difference'])} points (95% CI {interval_words(accuracy['ci95'])})")
     if significant:
-        return f"{head}, not chance (McNemar p {_p(test['p_value'])}, {photos} photos)."
+        return f"{head}, not chance (McNemar p {_p(test['p_value'])}, {photos:,} photos)."
     if excludes_zero or test["p_value"] < ALPHA:
         which = "the interval excludes 0" if excludes_zero else "the interval includes 0"
-        return (f"{head}: a difference these {photos} photos cannot confirm ({which}, McNemar p "
+        return (f"{head}: a difference these {photos:,} photos cannot confirm ({which}, McNemar p "
                 f"{_p(test['p_value'])}).")
-    return f"{head}: no real difference on these {photos} photos (McNemar p {_p(test['p_value'])})."
+    return f"{head}: no real difference on these {photos:,} photos (McNemar p {_p(test['p_value'])})."
+
+
+def interval_words(ci95: Sequence[float]) -> str:
+    """'13.8–37.5' for an interval of positive points; '−2.6 to +0.6' or '−60.7 to −50.9' once a bound is
+    negative ('-2.6–0.6' read as a range from 2.6)."""
+    low, high = (100 * v for v in ci95)
+    if low >= 0:
+        return f"{low:.1f}–{high:.1f}"
+    return f"{_signed(low)} to {_signed(high)}"
+
+
+def _signed(points: float) -> str:
+    """+3.1, −2.6 (a real minus sign), 0.0."""
+    text = f"{points:+.1f}"
+    return text.replace("-", "\u2212") if text not in ("+0.0", "-0.0") else "0.0"
+
+
+def _named(label: str) -> str:
+    """A run's name, quoted when it holds a colon ('pair 1: pretrained'), which the sentence uses as a separator."""
+    return f"“{label}”" if ":" in label else label
 
 
 def _p(value: float) -> str:

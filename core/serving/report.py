@@ -686,12 +686,13 @@ def comparison_candidates(run: RunDir) -> list[RunDir]:
 
 
 def read_comparison(run: RunDir, other: RunDir) -> dict[str, Any]:
-    """This run (A) against `other` (B) on the same photos (core.results.compare); a comparison that cannot be made
-    refuses the report with the reason, since the person asked for it (they can choose another run, or none)."""
+    """`other` (A) against this run (B) on the same photos (core.results.compare), so the differences read as what
+    this run gains over the other; a comparison that cannot be made refuses the report with the reason, since the
+    person asked for it (they can choose another run, or none)."""
     from core.results.compare import compare_runs
 
     try:
-        return compare_runs(run, other)
+        return compare_runs(other, run)
     except StudioError as err:
         raise StudioError(f"The report of run {run.run_id} cannot include a comparison with run {other.run_id}: "
                           f"{err} Choose another run to compare with, or make the report without one.") from None
@@ -706,27 +707,27 @@ def comparison_section(comparison: dict[str, Any], figures: Figures) -> str:
     first, second = (runs.get(k) or {} for k in ("a", "b")) if isinstance(runs, dict) else ({}, {})
     out = ('<h2 id="comparison">Compared with another run</h2>'
            f'<p class="headline">{esc(comparison.get("verdict") or "")}</p>'
-           + note(f"A is this run, {esc(first.get('label') or first.get('id'), 80)} ({esc(first.get('id'))}); B is "
-                  f"{esc(second.get('label') or second.get('id'), 80)} ({esc(second.get('id'))}). Both were scored on "
+           + note(f"B is this run, {esc(second.get('label') or second.get('id'), 80)} ({esc(second.get('id'))}); A "
+                  f"is {esc(first.get('label') or first.get('id'), 80)} ({esc(first.get('id'))}). Both were scored on "
                   f"the same {_count(comparison.get('photos'))} photos ({esc(_source(comparison), 80)}); differences "
                   "are B minus A, with a 95% interval from a paired bootstrap over the photos."))
     settings = [(key, first.get("settings", {}).get(key), second.get("settings", {}).get(key))
                 for key in (second.get("settings") or {}) if key != "data"]
     if settings:
         out += "<h3>What differs</h3>" + table([[esc(k), esc(_setting(a), 80), esc(_setting(b), 80)]
-                                                for k, a, b in settings], ["setting", "A (this run)", "B"])
+                                                for k, a, b in settings], ["setting", "A", "B (this run)"])
     rows = []
     for key, title in (("accuracy", "Accuracy"), ("macro_f1", "Macro F1")):
         figure = comparison.get(key) or {}
         low, high = (list(figure.get("ci95") or []) + [None, None])[:2]
         rows.append([title, percent(figure.get("a")), percent(figure.get("b")),
                      _signed_points(figure.get("difference")), f"{_signed_points(low)} to {_signed_points(high)}"])
-    out += "<h3>Scores</h3>" + table(rows, ["measure", "A (this run)", "B", "B minus A", "95% interval"], (1, 2, 3, 4))
+    out += "<h3>Scores</h3>" + table(rows, ["measure", "A", "B (this run)", "B minus A", "95% interval"], (1, 2, 3, 4))
     test = comparison.get("mcnemar") or {}
     p_value = test.get("p_value")
-    shown_p = f"{p_value:.3g}" if isinstance(p_value, (int, float)) else "n/a"
+    shown_p = ("< 0.001" if p_value < 0.001 else f"= {p_value:.3g}") if isinstance(p_value, (int, float)) else "n/a"
     out += note(f"McNemar's test: only A was right on {_count(test.get('a_only_right'))} photos, only B on "
-                f"{_count(test.get('b_only_right'))}; p = {shown_p} (how likely a split at least this uneven would "
+                f"{_count(test.get('b_only_right'))}; p {shown_p} (how likely a split at least this uneven would "
                 "be if the two runs were equally good). "
                 + ("The difference is real: its interval leaves out 0 and p is below 0.05."
                    if comparison.get("significant") else "These photos do not show a real difference."))
@@ -737,7 +738,7 @@ def comparison_section(comparison: dict[str, Any], figures: Figures) -> str:
         out += "<h3>Recall per class</h3>" + table(
             [[esc(r.get("class"), 60), percent(r.get("recall_a")), percent(r.get("recall_b")),
               _signed_points(r.get("difference")), _count(r.get("photos"))] for r in per_class],
-            ["class", "A (this run)", "B", "B minus A", "photos"], (1, 2, 3, 4))
+            ["class", "A", "B (this run)", "B minus A", "photos"], (1, 2, 3, 4))
     return out
 
 

@@ -63,7 +63,7 @@ def test_one_click_starts_a_pair_and_compare_opens_on_it_with_a_verdict(tmp_path
             expect(page.get_by_role("heading", name="Evaluate", level=1)).to_be_visible()
             verdict = page.locator(".st-key-compare_verdict")
             expect(verdict).to_be_visible(timeout=60_000)  # the Compare tab is the one open
-            expect(verdict).to_contain_text(re.compile(r"points \(95% CI -?[\d.]+–-?[\d.]+\)"), timeout=60_000)
+            expect(verdict).to_contain_text(re.compile(r"points \(95% CI (\S+–\S+|\S+ to \S+)\)"), timeout=60_000)
             text = verdict.inner_text()
             labels = kind.labels
             assert re.search(r"\d+\.\d%", text), text

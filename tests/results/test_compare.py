@@ -86,7 +86,8 @@ def test_a_large_gap_is_found_with_an_interval_near_it(tmp_path: Path):
     assert result["mcnemar"]["p_value"] < 1e-20
     assert result["significant"] is True
     assert result["verdict"].startswith("Baseline CNN from scratch: 60.0%, EfficientNet-Lite0 transfer: 90.0%: "
-                                        "-30.0 points (95% CI ")
+                                        "\u221230.0 points (95% CI \u2212")  # a negative interval in words:
+    assert " to \u2212" in result["verdict"]  # "−34.7 to −25.5", not "-34.7–-25.5"
     assert "not chance" in result["verdict"]
     assert result["macro_f1"]["ci95"][1] < 0
     # The runs, what differs between them, and their curves to overlay.

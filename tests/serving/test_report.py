@@ -316,19 +316,21 @@ def compared_pair(models: Path, classes: list[str]) -> tuple[RunDir, RunDir]:
 def test_a_report_with_a_chosen_comparison_opens_with_its_verdict_differences_and_classes(tmp_path):
     classes = ["cats", HOSTILE, INJECTING]
     first, second = compared_pair(tmp_path / "models", classes)
-    text = build_report(first, cache_dir=tmp_path / "cache", compare_with=second)
+    # the report of the better run (B, "this run") against the other (A): the differences read as what it gains
+    text = build_report(second, cache_dir=tmp_path / "cache", compare_with=first)
     assert '<a href="#comparison">Comparison</a>' in text
     section = text[text.index('<h2 id="comparison">'):text.index('<h2 id="model-card">')]
     assert text.index('<h2 id="comparison">') < text.index('<h2 id="model-card">')  # right after the headline
-    assert re.search(r'<p class="headline">pair 1: pretrained: 95\.0%, .*: 50\.0%: \+45\.0 points \(95% CI '
+    assert re.search(r'<p class="headline">“pair 1: pretrained”: 95\.0%, .*: 50\.0%: \+45\.0 points \(95% CI '
                      r"[\d.]+–[\d.]+\), not chance", section), section[:600]
+    assert "B is this run, pair 1: pretrained (run-other)" in section
     assert "<td>Accuracy</td><td class=\"num\">50.0%</td><td class=\"num\">95.0%</td>" \
            "<td class=\"num\">+45.0 points</td>" in section
     assert "only A was right on 0 photos, only B on 27" in section and "The difference is real" in section
     assert "<h3>What differs</h3>" in section and "efficientnet_lite0" in section and "efficientnet_b0" in section
     assert "<h3>Recall per class</h3>" in section and "run-other" in section
     assert HOSTILE not in text and INJECTING not in text and "roses &lt;b&gt;&amp;amp; co" in section  # as text
-    assert "--compare run-other" in text  # the footer's command makes the same report
+    assert "--compare run-fake" in text  # the footer's command makes the same report
 
 
 def test_a_comparison_that_cannot_be_made_refuses_the_report_with_the_reason(tmp_path):

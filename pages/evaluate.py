@@ -788,6 +788,8 @@ def comparison_view(result: dict, first, second) -> None:
     if result.get("note"):
         st.caption(literal_names(str(result["note"]), [], [Path(str(r)) for r in (result.get("roots") or {}).values()
                                                            if r]))
+    if result.get("warning"):  # e.g. scored on photos the runs trained on
+        st.warning(markdown_literal(str(result["warning"])), icon=":material/warning:")
     cols = st.columns(4)
     for col, key, title in ((cols[0], "accuracy", "Accuracy"), (cols[1], "macro_f1", "Macro F1")):
         figure = result.get(key) or {}

@@ -287,6 +287,32 @@ def _scores_on(run: RunDir, data: Path, role: str, progress: Progress | None) ->
     return evaluate_run(run, data=data, progress=said)
 
 
+def learned_from(run: RunDir, root: Path, paths: Sequence[str]) -> int:
+    """How many of these photos (relative to `root`) the run trained or chose on (split.json's train and val): the
+    same file, or a file of the same name and size (the same folder uploaded again lands in another folder)."""
+    split = run.read_split()
+    base = Path(str(split.get("root") or ""))
+    seen: set[Path] = set()
+    signatures: set[tuple[str, int]] = set()
+    for part in ("train", "val"):
+        for entry in split.get(part) or []:
+            path = base / str(entry[0])
+            seen.add(path.resolve())
+            try:
+                signatures.add((path.name, path.stat().st_size))
+            except OSError:  # moved since: only its path can match
+                pass
+    count = 0
+    for relative in paths:
+        photo = root / relative
+        try:
+            if photo.resolve() in seen or (photo.name, photo.stat().st_size) in signatures:
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
 def _aligned(evaluations: tuple[dict[str, Any], dict[str, Any]], runs: tuple[RunDir, RunDir],
              classes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """The photos both evaluations scored, in A's order (paths, true, A's and B's predicted class in `classes`'
@@ -373,5 +399,14 @@ def compare_runs(first: RunDir, second: RunDir, data: Path | None = None, seed: 
     if roots[0] != roots[1]:
         result["note"] = (f"The photos have the same names under two folders ({roots[0]} for A, {roots[1]} for B); "
                           "they are taken to be the same photos.")
+    if data is not None:
+        learned = {role: learned_from(run, Path(str(root or data)), paths) for role, run, root in
+                   zip(("a", "b"), runs, roots)}
+        result["trained_on"] = learned
+        if any(learned.values()):
+            result["warning"] = (f"{learned['a']:,} of these {len(paths):,} photos were among run A's training or "
+                                 f"validation photos and {learned['b']:,} among run B's: on them a score says how "
+                                 "well a run learned them, not how it does on new photos. Compare on photos neither "
+                                 "run trained on (the runs' own test split, or a held-out folder).")
     return {key: result[key] for key in ("verdict", "significant", *[k for k in result if k not in
                                                                     ("verdict", "significant")])}

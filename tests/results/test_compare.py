@@ -198,7 +198,7 @@ def tiny_flowers(tmp_path: Path, flowers_dir: Path) -> Path:
     return root
 
 
-def test_compare_through_the_command_line(tmp_path: Path, tiny_flowers: Path):
+def test_compare_through_the_command_line(tmp_path: Path, tiny_flowers: Path, flowers_dir: Path):
     """Two real tiny runs (the baseline CNN, Adam against SGD) compared by `python -m core compare`: exit 0 and the
     JSON a page draws; a run with other classes is refused with exit 2 and a one-line reason."""
     from core.base.config import TrainConfig
@@ -227,6 +227,17 @@ def test_compare_through_the_command_line(tmp_path: Path, tiny_flowers: Path):
     assert on_folder["source"] == str(tiny_flowers / "val") and on_folder["photos"] == 12
     assert on_folder["accuracy"]["a"] == pytest.approx(result["accuracy"]["a"])  # the same photos as its own split
     assert made[0].read_named_evaluation("val")["images"] == 12
+    # those are the runs' validation photos (early stopping chose on them): said, so no one takes it for new photos
+    assert on_folder["trained_on"] == {"a": 12, "b": 12} and "not how it does on new photos" in on_folder["warning"]
+    again = shutil.copytree(tiny_flowers / "val", tmp_path / "uploaded-again")  # the same photos, another folder
+    assert compare_runs(*made, data=again, replicates=100)["trained_on"] == {"a": 12, "b": 12}
+    unseen = tmp_path / "unseen"
+    for cls in ("daisy", "roses", "tulips"):
+        (unseen / cls).mkdir(parents=True)
+        for f in flower_files(flowers_dir, cls, 12, "val")[8:]:  # not among the 4 validation photos the runs saw
+            shutil.copy(f, unseen / cls / f.name)
+    fresh = compare_runs(*made, data=unseen, replicates=100)
+    assert fresh["trained_on"] == {"a": 0, "b": 0} and "warning" not in fresh
     other = fake_run(models, "run-other", [0, 1, 2], [0, 1, 2], classes=["cats", "dogs", "owls"])
     refused = run_cli("--models-dir", str(models), "compare", made[0].run_id, other.run_id)
     assert refused.returncode == 2 and refused.stdout == ""

@@ -822,6 +822,12 @@ def comparison_view(result: dict, first, second) -> None:
         left, right = st.columns(2)
         left.plotly_chart(charts.compare_figure(curves, "val_accuracy"), key="compare_pair_accuracy")
         right.plotly_chart(charts.compare_figure(curves, "val_loss"), key="compare_pair_loss")
+        fitted = [name for name, rows in curves.items() if any("l2" in row for row in rows)]
+        if fitted:  # an exact head fit logs one point per L2 strength tried, not per epoch
+            st.caption(f"For {', '.join(markdown_literal(str(n), 60) for n in fitted)} the points are the exact head "
+                       "fit's L2 strengths, one point each, scored on held-out photos (out of fold when "
+                       "cross-validated): not epochs, so a loss that rises along them compares penalties, not "
+                       "overfitting over time. The verdict above is what to compare.")
 
 
 def _entries(result: dict) -> list[dict]:

@@ -90,6 +90,25 @@ def test_the_newest_finished_pair_is_compared_with_its_verdict_intervals_classes
     runs_table = next(t for t in tables if "settings that differ" in t.columns)
     assert runs_table["settings that differ"].tolist() == ["augmentation: none", "augmentation: light"]
     assert at.query_params["pair"] in (["1"], "1")
+    assert "L2 strengths" not in said  # epochs on both sides: nothing to explain
+
+
+def test_head_fit_trials_are_not_passed_off_as_epochs_and_training_photos_are_warned_of(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new user read an exact head fit's L2 trials as epochs of overfitting, and a score on the runs' own training
+    photos as a real gap: the page says what each is."""
+    def compare_runs(first, second, data=None, seed=0):
+        result = fake_result(first.run_id, second.run_id)
+        result["curves"]["b"] = [{"kind": "epoch", "epoch": i + 1, "val_loss": 0.9 + i / 10, "val_accuracy": 0.7,
+                                  "l2": l2} for i, l2 in enumerate((0.001, 0.01, 0.1))]
+        result["warning"] = "2,020 of these 2,521 photos were among run A's training or validation photos"
+        return result
+
+    monkeypatch.setattr("core.results.compare.compare_runs", compare_runs)
+    make_pair(workspace / "runs", ("succeeded", "succeeded"), 1)
+    at = compare_tab()
+    assert "B · augmentation the points are the exact head fit's L2 strengths" in texts(at)
+    assert [w for w in at.warning if "2,020 of these 2,521 photos" in w.value]
 
 
 def test_an_unfinished_pair_says_why_and_is_not_compared(workspace: Path, fake_compare: list) -> None:

@@ -89,18 +89,22 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
         batch_size = a.select_slider("Batch size (per device)", ["auto", 4, 8, 16, 32, 64, 128, 256, 512], "auto",
                                      key="batch_size",
                                      help="auto: 32 on a CPU; on a GPU the largest that fits its memory.")
-        head_lr = a.select_slider("Head learning rate", LEARNING_RATES, DEFAULTS.head_lr, key="head_lr",
-                                  format_func=lambda v: f"{v:g}",
-                                  help="The rate of the head's epochs (head_mode 'images') and of a network trained "
-                                       "from scratch; the default exact fit on cached features has none.")
-        finetune_lr = a.select_slider("Fine-tune learning rate", LEARNING_RATES, DEFAULTS.finetune_lr,
-                                      key="finetune_lr", format_func=lambda v: f"{v:g}")
+        scratch = BACKBONES[backbone].from_scratch  # one phase over every layer: no head, no fine-tuning
+        head_lr = a.select_slider("Learning rate" if scratch else "Head learning rate", LEARNING_RATES,
+                                  DEFAULTS.head_lr, key="head_lr", format_func=lambda v: f"{v:g}",
+                                  help="The rate of every epoch of a network trained from scratch." if scratch else
+                                  "The rate of the head's epochs (head_mode 'images'); the default exact fit on "
+                                  "cached features has none.")
+        finetune_lr = DEFAULTS.finetune_lr
+        if not scratch:
+            finetune_lr = a.select_slider("Fine-tune learning rate", LEARNING_RATES, DEFAULTS.finetune_lr,
+                                          key="finetune_lr", format_func=lambda v: f"{v:g}")
         optimizer = a.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(DEFAULTS.optimizer), key="optimizer",
                                 format_func={"adam": "Adam", "sgd": f"SGD with momentum {SGD_MOMENTUM:g}"}.get,
                                 help="For every phase that trains over images (fine-tuning, a head on images, a "
                                      "network from scratch); SGD usually wants a ~10x higher learning rate.")
-        unfreeze = b.slider("Stages to unfreeze when fine-tuning", 0, 7, DEFAULTS.unfreeze_stages, key="unfreeze")
-        scratch = BACKBONES[backbone].from_scratch  # its own default (a network from random weights is slower)
+        unfreeze = DEFAULTS.unfreeze_stages if scratch else \
+            b.slider("Stages to unfreeze when fine-tuning", 0, 7, DEFAULTS.unfreeze_stages, key="unfreeze")
         patience = b.slider("Early stopping patience (epochs)", 1, 20,
                             all_defaults(backbone)["early_stopping_patience"],
                             key="scratch_patience" if scratch else "patience")

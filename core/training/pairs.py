@@ -58,8 +58,9 @@ def _augmented(config: TrainConfig) -> Any:
 
 PAIR_KINDS: dict[str, PairKind] = {k.name: k for k in [
     PairKind("transfer", "pretrained vs from scratch", "backbone", ("from scratch", "pretrained"),
-             "The chosen EfficientNet with its ImageNet weights against a small CNN that learns from random "
-             "weights on these photos alone: what transfer learning buys.",
+             "The chosen EfficientNet (EfficientNet-Lite0 when the baseline itself is chosen) with its ImageNet weights "
+             "against a small CNN that learns from random weights on these photos alone: what transfer learning "
+             "buys.",
              lambda c: (BASELINE, _pretrained(c))),
     PairKind("augmentation", "augmentation vs none", "augmentation", ("no augmentation", "augmentation"),
              "The augmentation chosen on the Augment page (the light preset if none was) against the photos as "

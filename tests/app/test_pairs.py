@@ -248,6 +248,9 @@ def test_train_page_trains_the_baseline_with_its_own_epochs_and_the_chosen_optim
     assert "what pretrained weights buy" in texts(at) and "No fine-tuning" in texts(at)
     assert at.number_input(key="scratch_epochs").value == SCRATCH_DEFAULTS["head_epochs"]
     assert not [n for n in at.number_input if n.key == "finetune_epochs"]
+    # nothing to fine-tune: no fine-tuning rate or stages, and the one rate is just "Learning rate"
+    assert not [s for s in at.select_slider if s.key == "finetune_lr"] and not [s for s in at.slider if s.key == "unfreeze"]
+    assert at.select_slider(key="head_lr").label == "Learning rate"
     at.selectbox(key="optimizer").set_value("sgd").run()
     next(b for b in at.button if b.label == "Start training").click().run()
     no_exceptions(at)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 PREPARE, DECODE, FEATURES, HEAD_FIT, HEAD_EPOCHS, FINETUNE, SAVE, EVALUATE = (
     "prepare", "decode", "features", "head_fit", "head", "finetune", "save", "evaluate")
+SCRATCH = "scratch"  # a from-scratch backbone's one phase (core.training.train)
 LABELS = {
     PREPARE: "Loading the backbone",
     DECODE: "Decoding images",
@@ -26,6 +27,7 @@ LABELS = {
     HEAD_FIT: "Fitting the head",
     HEAD_EPOCHS: "Training the head",
     FINETUNE: "Fine-tuning the top layers",
+    SCRATCH: "Training the whole network from scratch",
     SAVE: "Saving the best model",
     EVALUATE: "Evaluating the best model",
 }

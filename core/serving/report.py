@@ -296,10 +296,11 @@ def _from_scratch(f: RunFacts) -> bool:
 
 
 def _card_use(f: RunFacts) -> str:
-    how = ("training a small CNN from random initialisation (no pretrained weights), the baseline that shows what "
-           "transfer learning buys," if _from_scratch(f) else "transfer learning from an ImageNet EfficientNet")
+    how = ("It is a small CNN trained from random initialisation (no pretrained weights), the baseline that shows "
+           "what transfer learning buys," if _from_scratch(f) else
+           "It was trained by transfer learning from an ImageNet EfficientNet")
     return ("<h3>Intended use</h3>"
-            f"<p>Sorting photos into one of {len(f.classes)} classes: {_class_list(f.classes)}. It was trained by "
+            f"<p>Sorting photos into one of {len(f.classes)} classes: {_class_list(f.classes)}. "
             f"{how} on the photos described below, as a prototype to judge "
             "whether the task can be automated. It is not meant for decisions about people, or for any use where a "
             "wrong answer is costly without a person checking it; every photo gets one of its classes, even a photo "

@@ -271,3 +271,9 @@ def test_one_time_costs_inside_a_phase_are_left_out_of_its_rate() -> None:
     assert tracker.phase_eta(tracker.phase("finetune"), clock.now) == pytest.approx(50 * 0.1)
     tracker.start("finetune")  # a phase started again measures afresh
     assert tracker.phase("finetune").one_time_seconds == 0.0
+
+
+def test_a_run_stopped_while_training_from_scratch_says_so_in_words(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path)
+    run.set_status("stopped", stopped_in="scratch", finished=1.0)
+    assert "Stopped during 'Training the whole network from scratch'." in jobs.run_view(run).headline

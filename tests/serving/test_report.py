@@ -230,7 +230,8 @@ def test_the_model_card_of_a_from_scratch_run_says_no_pretrained_weights(tmp_pat
     run.write_config({**run.read_config(), "backbone": "baseline_cnn",
                       "resolved": {"image_size": 128, "recipe": "from scratch", "finetune_epochs": 0}})
     text = build_report(run, cache_dir=tmp_path / "cache")
-    assert "from random initialisation (no pretrained weights)" in text and "ImageNet EfficientNet" not in text
+    assert "It is a small CNN trained from random initialisation (no pretrained weights)" in text
+    assert "ImageNet EfficientNet" not in text
     assert "every layer trained from random initialisation" in text
     transfer = build_report(fake_run(tmp_path / "other", ["cats", "dogs"]), cache_dir=tmp_path / "cache")
     assert "transfer learning from an ImageNet EfficientNet" in transfer

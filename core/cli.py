@@ -627,6 +627,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
             display.close()
             print("error: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except BrokenPipeError:  # `... | head` closed the pipe: what it wanted was read; no traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
 
 
 def console() -> int:

@@ -357,7 +357,9 @@ class RunDir:
         if not candidate.is_dir():
             candidate = Path(models_dir or default_models_dir()) / str(run)
         if not (candidate / CONFIG).is_file():
-            raise StudioError(f"No run found at {run}: expected a folder holding {CONFIG}.")
+            looked = "" if Path(run).is_dir() else f" (looked in {candidate.parent} too; --models-dir points elsewhere, " \
+                "e.g. the app's runs under <workspace>/sessions/<session>/runs)"
+            raise StudioError(f"No run found at {run}: expected a folder holding {CONFIG}{looked}.")
         return cls(candidate)
 
     @property

@@ -22,11 +22,6 @@ from core.base.runs import RunDir
 SETTINGS = ["--image-size", "64", "--head-epochs", "4", "--finetune-epochs", "1", "--batch-size", "16"]
 
 
-# JAX compiles the whole step up front on a CPU (slow), so its runs keep to the frozen-base phase in images mode:
-# still a data-parallel fit whose gradients are all-reduced across the two devices every step.
-JAX_SETTINGS = ["--image-size", "64", "--head-mode", "images", "--head-epochs", "2", "--finetune-epochs", "0",
-                "--batch-size", "16"]
-
 
 def _train(models: Path, flowers: Path, devices: int, backend: str = "tensorflow",
            settings: list[str] = SETTINGS) -> RunDir:
@@ -44,25 +39,31 @@ STEPWISE = Path(__file__).with_name("stepwise.py")
 STEP_TOLERANCE = 0.02
 
 
-def _stepwise(out: Path, flowers: Path, devices: int) -> tuple[dict[str, np.ndarray], RunDir]:
+def _stepwise(out: Path, flowers: Path, devices: int, backend: str) -> tuple[dict[str, np.ndarray], RunDir]:
     result = subprocess.run([sys.executable, str(STEPWISE), str(out), str(devices), str(flowers)], cwd=REPO,
-                            env={**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": str(REPO)},
+                            env={**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(REPO)},
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(out) as saved:
         return dict(saved), RunDir(Path(result.stdout.strip().splitlines()[-1]))
 
 
-def test_two_cpu_devices_take_the_same_steps_as_one(tmp_path, flowers_dir):
-    """Head epochs over images (the strategy's all-reduce of the head's gradients) and fine-tuning (of the unfrozen
-    top stages too) on 2 virtual devices, compared with 1 device after steps 1, 2, 3 and 10 of each phase: same
-    seed, same batches, same global batch of 32; the updates must agree to STEP_TOLERANCE."""
-    one, single_run = _stepwise(tmp_path / "one.npz", flowers_dir, 1)
-    two, mirrored_run = _stepwise(tmp_path / "two.npz", flowers_dir, 2)
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_two_cpu_devices_take_the_same_steps_as_one(tmp_path, flowers_dir, backend):
+    """Head epochs over images (the all-reduce of the head's gradients: MirroredStrategy on TensorFlow, JAX's
+    DataParallel over a device mesh) and fine-tuning (of the unfrozen top stages too) on 2 virtual devices, compared
+    with 1 device after steps 1, 2, 3 and 10 of each phase: same seed, same batches, same global batch of 32; the
+    updates must agree to STEP_TOLERANCE (measured: TensorFlow 0.4%, JAX 0.002%)."""
+    import importlib.util
+
+    require(backend != "jax" or importlib.util.find_spec("jax") is not None, "the jax package (requirements-dev.txt)")
+    one, single_run = _stepwise(tmp_path / "one.npz", flowers_dir, 1, backend)
+    two, mirrored_run = _stepwise(tmp_path / "two.npz", flowers_dir, 2, backend)
     single = single_run.read_config()["resolved"]["parallel"]
     mirrored = mirrored_run.read_config()["resolved"]["parallel"]
     assert single["replicas"] == 1 and single["kind"] == "single"
-    assert mirrored["kind"] == "mirrored" and mirrored["replicas"] == 2
+    assert mirrored["kind"] == {"tensorflow": "mirrored", "jax": "jax_data_parallel"}[backend]
+    assert mirrored["replicas"] == 2
     # batch_size is per device: 2 devices x 16 = a global batch of 32, and the learning rate doubles with it
     assert mirrored["per_device_batch"] == 16 and mirrored["global_batch"] == 32
     assert mirrored["learning_rate_scale"] == 2.0
@@ -81,24 +82,6 @@ def test_two_cpu_devices_take_the_same_steps_as_one(tmp_path, flowers_dir):
                 difference = float(np.linalg.norm(u1 - u2) / max(float(np.linalg.norm(u1)), 1e-12))
                 assert difference < STEP_TOLERANCE, f"{phase} step {step}: {name} moved differently ({difference:.3f})"
                 assert two[prefix + name + "|replica_spread"] == 0.0, f"{phase} step {step}: replicas differ on {name}"
-
-
-def test_two_jax_cpu_devices_match_one(tmp_path, flowers_dir):
-    import importlib.util
-
-    require(importlib.util.find_spec("jax") is not None, "the jax package (requirements-dev.txt)")
-    one = _train(tmp_path / "one", flowers_dir, 1, "jax", JAX_SETTINGS)
-    two = _train(tmp_path / "two", flowers_dir, 2, "jax", JAX_SETTINGS)
-    assert one.read_config()["resolved"]["parallel"]["kind"] == "single"
-    parallel = two.read_config()["resolved"]["parallel"]
-    assert parallel["kind"] == "jax_data_parallel" and parallel["devices"] == ["cpu:0", "cpu:1"]
-    assert parallel["per_device_batch"] == 16 and parallel["global_batch"] == 32
-    steps = {m["steps"] for m in two.read_metrics() if m["kind"] == "step"}
-    assert steps == {10}  # 320 training images / 32 per global step (one device: 16 per step, 20 steps)
-    assert {m["steps"] for m in one.read_metrics() if m["kind"] == "step"} == {20}
-    accuracy_one, accuracy_two = one.read_evaluation()["accuracy"], two.read_evaluation()["accuracy"]
-    assert accuracy_one > 0.4 and accuracy_two > 0.4  # chance is 0.2; two frozen-base epochs at 64 px
-    assert abs(accuracy_one - accuracy_two) <= 0.15
 
 
 def test_tf_config_is_refused_up_front_with_the_way_that_works(monkeypatch):

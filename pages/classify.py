@@ -12,7 +12,6 @@ import streamlit as st
 
 from core import StudioError
 from core.results import charts
-from core.results.cam import heatmap_for
 from core.data.images import IMAGE_EXTENSIONS
 from core.serving.predict import (MAX_PHOTOS_PER_BATCH, NamedPhoto, decode_uploads, is_unknown, result_rows, results_csv,
                           unknown_reason)
@@ -49,7 +48,7 @@ def show_one(classifier, item: NamedPhoto, top: list[dict], with_heatmap: bool, 
     if with_heatmap:
         class_index = classifier.classes.index(top[0]["class"])
         # Computed from the model's own input (what it classified); shown at that size, stretched.
-        overlay = heatmap_for(classifier.model, item.photo.model_input, class_index, classifier.image_size)
+        overlay = classifier.heatmap(item.photo.model_input, class_index)
         cols[1].image(overlay, caption=f"where it saw {label}", width="stretch")
     # Keyed by position: two uploads may share a name (IMG_0001.jpg from two folders).
     cols[2].plotly_chart(charts.top_k_figure(top), key=f"topk_{item.position}")

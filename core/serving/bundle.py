@@ -28,6 +28,7 @@ import numpy as np
 
 from core import StudioError
 from core.serving.predict import Classifier
+from core.serving.sharing import RunnerPool, default_pool_size
 
 MANIFEST = "manifest.json"
 BUNDLE_VERSION = 1
@@ -139,13 +140,17 @@ class BundleClassifier(Classifier):
     profile's; only `__init__` (no Keras model) and `probabilities` (the runtime) differ. One image per
     inference by default: on CPU it is as fast per image as a batch, and a B0 at 224 px peaks ~150 MiB lower
     than with 10 images at once (the activations dominate a served process's memory).
+
+    One classifier serves every visitor of a server at once: each call borrows a runner of its own from a pool
+    (core.serving.sharing), `runners` of them at most (default: one per core, up to 4).
     """
 
     def __init__(self, model_path: Path | str, classes: Sequence[str], image_size: int, tta: bool = False,
-                 threads: int | None = None, batch_size: int = 1):
+                 threads: int | None = None, batch_size: int = 1, runners: int | None = None):
         self.run = None
         self.model_path = Path(model_path)
-        self.model = open_runner(self.model_path, threads)
+        self.runners: RunnerPool[ModelRunner] = RunnerPool(lambda: open_runner(self.model_path, threads),
+                                                           runners or default_pool_size())
         self.classes = list(classes)
         self.image_size = int(image_size)
         self.tta = bool(tta)
@@ -165,7 +170,8 @@ class BundleClassifier(Classifier):
 
     def _predict(self, images: np.ndarray) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.uint8)
-        parts = [self.model(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        with self.runners.borrowed() as runner:
+            parts = [runner(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
         return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, len(self.classes)))
 
 
@@ -188,8 +194,9 @@ class DemoBundle:
 
 
 def load_demo_bundle(path: Path | str, extract_to: Path | str | None = None,
-                     threads: int | None = None) -> DemoBundle:
-    """Check and load a bundle folder or .zip; a missing or damaged file raises StudioError naming it."""
+                     threads: int | None = None, runners: int | None = None) -> DemoBundle:
+    """Check and load a bundle folder or .zip; a missing or damaged file raises StudioError naming it. `threads` per
+    runner and `runners` at most (core.serving.sharing) serve visitors at once."""
     path = Path(path)
     if path.is_file() and zipfile.is_zipfile(path):
         path = bundle_root(extract_bundle_zip(path, extract_to) if extract_to else extracted_bundle(path))
@@ -213,7 +220,7 @@ def load_demo_bundle(path: Path | str, extract_to: Path | str | None = None,
         raise StudioError(f"{path / 'evaluation.json'}: expected a JSON object.")
     evaluation["root"] = str(path.resolve())  # thumbnails are relative to the bundle, wherever it is now
     classifier = BundleClassifier(path / manifest["model_file"], classes, int(manifest["image_size"]),
-                                  tta=bool(manifest.get("tta", False)), threads=threads)
+                                  tta=bool(manifest.get("tta", False)), threads=threads, runners=runners)
     return DemoBundle(path=path, manifest=manifest, classes=classes, config=_read_json(path, "config.json"),
                       evaluation=evaluation, metrics=_read_jsonl(path, "metrics.jsonl"),
                       parity=_read_json(path, "parity.json", required=False) or {}, classifier=classifier)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -37,11 +38,24 @@ class Classifier:
             self.calibration = run.read_calibration()
         except RunDamaged:
             self.calibration = None
+        # One loaded classifier serves every visitor of a server (st.cache_resource), each from a thread of their
+        # own; the Keras model is used by one of them at a time. It is not copied per visitor (its weights are the
+        # memory), and TensorFlow already spreads one call over every core (core.serving.sharing).
+        self.model_lock = threading.Lock()
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         from core.network.model import predict_probabilities
 
-        return predict_probabilities(self.model, images, tta=self.tta)
+        with self.model_lock:
+            return predict_probabilities(self.model, images, tta=self.tta)
+
+    def heatmap(self, image: np.ndarray, class_index: int) -> np.ndarray:
+        """The photo with the class-activation heatmap of `class_index` over it (core.results.cam), computed from the
+        model under its lock like every other use of it."""
+        from core.results.cam import heatmap_for
+
+        with self.model_lock:
+            return heatmap_for(self.model, image, class_index, self.image_size)
 
     def classify_arrays(self, images: Sequence[np.ndarray], top_k: int = 5) -> list[list[dict[str, Any]]]:
         """Top-k (class, probability) for RGB uint8 arrays of any size."""

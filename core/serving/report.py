@@ -596,11 +596,9 @@ def _heatmap(classifier, item: dict[str, Any], photo: np.ndarray, notes: list[st
     """The class activation map of the predicted class over the photo, as a data URI (None, said once, on failure)."""
     if classifier is None:
         return None
-    from core.results.cam import heatmap_for
-
     try:
         index = classifier.classes.index(item["predicted"])
-        return image_data_uri(heatmap_for(classifier.model, photo, index, classifier.image_size))
+        return image_data_uri(classifier.heatmap(photo, index))
     except Exception as err:
         message = f"A heatmap could not be made ({esc(error_line(err))})."
         if message not in notes:

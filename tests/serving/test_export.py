@@ -120,6 +120,41 @@ def test_bundle_classifier_gives_the_keras_top1(run: RunDir, exported: dict, val
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_one_bundle_serves_eight_visitors_at_once_with_their_own_answers(run: RunDir, exported: dict, val_images,
+                                                                         fmt: str):
+    """Issue 27: Streamlit's session threads share one loaded bundle. Eight classify at once, each its own photos; each
+    gets what it gets alone (the old shared LiteRT interpreter raised for 3 of 6 visitors, or mixed their inputs)."""
+    from test_sharing import visitors_at_once
+
+    images, _ = val_images
+    bundle = load_demo_bundle(make_demo_bundle(run, fmt), runners=2)
+    mine = [images[(8 * v) % len(images):][:8] for v in range(8)]
+    expected = [bundle.classifier.probabilities(photos) for photos in mine]
+    results, errors = visitors_at_once(lambda v: bundle.classifier.probabilities(mine[v]))
+    assert errors == [], errors[:1]
+    for got, want in zip(results, expected):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert bundle.classifier.runners.made <= 2
+
+
+def test_one_keras_classifier_serves_visitors_and_heatmaps_at_once(run: RunDir, val_images, keras_classifier):
+    """The train profile's shared Classifier: probabilities and class-activation heatmaps asked from eight threads at
+    once give what each gives alone."""
+    from test_sharing import visitors_at_once
+
+    images, _ = val_images
+    mine = [images[(4 * v) % len(images):][:4] for v in range(8)]
+    expected = [(keras_classifier.probabilities(photos), keras_classifier.heatmap(photos[0], v % 2))
+                for v, photos in enumerate(mine)]
+    results, errors = visitors_at_once(lambda v: (keras_classifier.probabilities(mine[v]),
+                                                  keras_classifier.heatmap(mine[v][0], v % 2)))
+    assert errors == [], errors[:1]
+    for (probs, heat), (want_probs, want_heat) in zip(results, expected):
+        np.testing.assert_allclose(probs, want_probs, atol=1e-5)
+        assert np.abs(heat.astype(int) - want_heat.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
 def test_bundle_classifies_without_tensorflow_or_keras(run: RunDir, exported: dict, keras_classifier,
                                                        flowers_dir: Path, fmt: str):
     """A fresh interpreter loads the zipped bundle and classifies files; no TensorFlow/Keras gets imported."""

@@ -1,5 +1,10 @@
 """`python -m core ...`: the command-line face of the same core the app uses."""
 
-from core.cli import main
+# A trainer the app started lowers its own priority before anything else runs (core.training.cpushare).
+from core.training.cpushare import apply_from_environment
+
+apply_from_environment()
+
+from core.cli import main  # noqa: E402 (after the priority, so threads started by imports get it too)
 
 raise SystemExit(main())

@@ -624,6 +624,12 @@ def test_sigkilled_trainer_is_reported_failed_and_its_best_model_still_predicts(
         assert jobs.process_alive(pid), "the trainer ended before saving a model:\n" + jobs.log_tail(run)
         assert time.monotonic() < deadline, "no model.keras within 5 minutes:\n" + jobs.log_tail(run)
         time.sleep(0.1)
+    # Issue 27.3: a trainer the app starts leaves the pages room: every one of its threads (TensorFlow's pools,
+    # the loader's) runs at niceness 10.
+    from core.training.cpushare import current_niceness
+
+    threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    assert len(threads) > 3 and {current_niceness(t) for t in threads} == {10}, jobs.log_tail(run)
     os.kill(pid, signal.SIGKILL)
     while jobs.process_alive(pid):
         jobs.reap()

@@ -20,7 +20,9 @@ from core.base.safetext import csv_cell, plain
 # input and a preview (0.7 MB at Lite0's 288 px, 1.5 MB at B7's 600 px), so the count bounds what a batch holds; the
 # pixel budget bounds the decoding work: a large JPEG costs 1/64 of its pixels (decoded at 1/8 scale), a PNG all.
 MAX_PHOTOS_PER_BATCH = 64
-MAX_BATCH_DECODED_PIXELS = 200_000_000  # e.g. four PNGs at the 50-megapixel limit, or hundreds of phone JPEGs
+MAX_BATCH_DECODED_PIXELS = 200_000_000  # e.g. eight PNGs at their 24-megapixel full-size limit, or hundreds of JPEGs
+# What one decode may hold at once, and how many run at a time in the process, is core.data.images' bound
+# (FULL_DECODE_LIMITS, DECODING_SLOTS): this budget bounds a batch's decoding work, not its memory.
 
 
 class Classifier:

@@ -115,3 +115,48 @@ def test_jpeg_draft_decoding_keeps_enough_pixels(tmp_path: Path):
     reduced = read_image(path, target_size=96)
     assert min(reduced.shape[:2]) >= 96  # DCT scaling never goes below the size we resize to
     assert load_for_model(path, 96).shape == (96, 96, 3)
+
+
+def _whole_image_reference(data: bytes) -> np.ndarray:
+    """The conversion as it was before issue 27, the whole image at once: what the strip-wise one must equal."""
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        low, high = float(values.min()), float(values.max())
+        scaled = np.zeros_like(values) if high <= low else (values - low) * (255.0 / (high - low))
+        return np.stack([scaled.astype(np.uint8)] * 3, axis=-1)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.asarray(image.convert("RGB"))
+
+
+def _odd_images() -> list[tuple[str, bytes]]:
+    rng = np.random.default_rng(7)
+    rgba = Image.fromarray(rng.integers(0, 256, (45, 31, 4), dtype=np.uint8))
+    cases = [(mode, _encode(rgba.convert(mode), "PNG")) for mode in ("RGB", "RGBA", "L", "LA", "P", "1")]
+    cases.append(("PA", _encode(rgba.convert("P"), "PNG", transparency=3)))
+    cases.append(("I;16", _encode(Image.fromarray(rng.integers(300, 60000, (45, 31), dtype=np.uint16)), "PNG")))
+    cases.append(("I", _encode(Image.fromarray(rng.integers(-5, 1 << 30, (45, 31), dtype=np.int32)), "TIFF")))
+    cases.append(("F", _encode(Image.fromarray(rng.normal(0, 9, (45, 31)).astype(np.float32)), "TIFF")))
+    cases.append(("CMYK", _encode(rgba.convert("CMYK"), "JPEG", quality=90)))
+    cases.append(("webp-alpha", _encode(rgba, "WEBP", lossless=True)))
+    cases.append(("bmp-32", _encode(rgba, "BMP")))
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        cases.append((f"exif-{orientation}", _encode(rgba.convert("RGB"), "PNG", exif=exif)))
+    return cases
+
+
+@pytest.mark.parametrize("name, data", _odd_images(), ids=[case[0] for case in _odd_images()])
+def test_strip_wise_conversion_equals_the_whole_image_conversion(name: str, data: bytes, monkeypatch):
+    """Issue 27 converts a strip of rows at a time (no full-size intermediate copies) and turns EXIF orientation on
+    the array: every mode and orientation must still give the very pixels training always got."""
+    from core.data import images
+
+    monkeypatch.setattr(images, "STRIP_ROWS", 7)  # several strips, the last one short
+    monkeypatch.setattr(images, "CONTENT_FORMATS", images.CONTENT_FORMATS + ("TIFF",))  # I and F modes come as TIFF
+    np.testing.assert_array_equal(images.decode_image(data, name), _whole_image_reference(data))

@@ -165,7 +165,7 @@ def add_photo(root: Path, class_name: str, data: bytes, now: float | None = None
         raise StudioError(f"The class folder {folder.name!r} is a link out of the dataset; photos are not saved "
                           "through links.")
     try:
-        pixels = decode_image(bytes(data), source)
+        pixels = decode_image(bytes(data), source, served=True)  # decoded in the server: Classify's limits
     except ImageError as err:
         raise StudioError(f"{err} Nothing was saved; take the photo again.") from None
     if bytes(data[:3]) != b"\xff\xd8\xff":  # not a JPEG (the browser sends one): store it as one all the same

@@ -35,15 +35,23 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def decode_image(data: bytes, source: str = "image", target_size: int | None = None) -> np.ndarray:
+def decode_image(data: bytes, source: str = "image", target_size: int | None = None,
+                 served: bool = False) -> np.ndarray:
     """Decode bytes into an RGB uint8 array, upright (EXIF), first frame only.
 
-    `target_size` lets JPEG decoding scale down by DCT (much faster) while keeping at least that size.
+    `target_size` lets JPEG decoding scale down by DCT (much faster) while keeping at least that size. Large decodes
+    in one process take turns (DECODING_SLOTS), so the server's scan of a folder of large PNGs, or a trainer's
+    threads, never hold many full-size photos at once. `served`: a photo a visitor hands the server one at a time
+    (the camera) is held to the full-size limits of Classify's uploads (FULL_DECODE_LIMITS), checked from its header.
     """
     image = _open_checked(data, source)
     if target_size:
         _draft(image, (target_size, target_size), source)
-    return _load_rgb(image, source)
+    if served:
+        _return_large_buffers_to_the_system()
+        _check_full_decode_limit(image, image.size, source)
+    with DECODING_SLOTS.reserve(image.size[0] * image.size[1]):
+        return _load_rgb(image, source)
 
 
 def _open_checked(data: bytes, source: str) -> Image.Image:

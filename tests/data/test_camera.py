@@ -415,3 +415,25 @@ def test_chromium_takes_camera_photos_into_a_new_dataset(tmp_path: Path) -> None
     report = scan(root).report
     assert report.usable_images == sum(shots.values()) and not report.duplicates and not report.skipped, report
     print(f"camera flow in Chromium: {seconds:.1f} s, {clicks} clicks for 6 photos")
+
+
+def test_a_camera_photo_over_the_served_decode_limit_is_refused_by_name_before_decoding(
+        dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 27.2: the camera's photo is decoded in the server like Classify's uploads, so a forged 49 MP PNG is refused
+    from its header, naming it and the limit, and nothing is saved."""
+    from PIL import ImageFile
+
+    import core.data.images as images
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (7000, 7000)).save(buffer, "PNG", compress_level=1)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a pixel was decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    monkeypatch.setattr(images, "_load_rgb", no_decoding)
+    with pytest.raises(StudioError, match=r"The camera photo: 7000x7000 pixels \(49 MP\) is over the 24 MP limit for "
+                                          r"PNG photos.*Nothing was saved"):
+        add_photo(dataset, "cat", buffer.getvalue(), now=NOW)
+    assert photo_counts(dataset).get("cat", 0) == 0

@@ -1,7 +1,7 @@
 """`python -m core ...`: the command-line face of the same core the app uses."""
 
-# A trainer the app started lowers its own priority before anything else runs (core.training.cpushare).
-from core.training.cpushare import apply_from_environment
+# A trainer the app started lowers its own priority before anything else runs (core.base.cpushare).
+from core.base.cpushare import apply_from_environment
 
 apply_from_environment()
 

@@ -1,6 +1,7 @@
-"""`python -m core bench loader|train|recipe|scale|stop|features|health|serve`: figures measured side by side in one
-run (throughput, memory and disk by dataset size, stop latency, feature sets, the health check, and a serve-profile
-app's start-up and peak memory); never asserted in tests."""
+"""`python -m core bench loader|train|recipe|scale|stop|features|health|serve|load|pool`: figures measured side by
+side in one run (throughput, memory and disk by dataset size, stop latency, feature sets, the health check, a
+serve-profile app's start-up and peak memory, many visitors at once: core.loadbench, and the ways of sharing one
+served model: core.poolbench); never asserted in tests."""
 
 from __future__ import annotations
 
@@ -27,9 +28,24 @@ def run(what: str, args: argparse.Namespace) -> dict[str, Any]:
         raise StudioError(f"bench {what} needs --data DIR (a labelled image folder).")
     handlers: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
         "loader": bench_loader, "train": bench_train, "recipe": bench_recipe, "scale": bench_scale,
-        "stop": bench_stop, "features": bench_features, "health": bench_health, "serve": bench_serve}
+        "stop": bench_stop, "features": bench_features, "health": bench_health, "serve": bench_serve,
+        "load": bench_load, "pool": bench_pool}
     result = handlers[what](args)
     return {"bench": what, "machine": machine_summary(), **result}
+
+
+def bench_load(args: argparse.Namespace) -> dict[str, Any]:
+    """Many Chromium visitors at once against a served app (core.loadbench, which builds on the serve helpers here)."""
+    from core.loadbench import bench_load as measure
+
+    return measure(args)
+
+
+def bench_pool(args: argparse.Namespace) -> dict[str, Any]:
+    """One served model shared by threads classifying at once, each way in a fresh process (core.poolbench)."""
+    from core.poolbench import bench_pool as measure
+
+    return measure(args)
 
 
 def _progress(args: argparse.Namespace) -> Callable[..., None]:
@@ -394,6 +410,7 @@ CHROMIUM = "/usr/bin/chromium"  # Debian's package: Playwright's own browser bui
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 TRAIN_PACKAGES = ("tensorflow", "keras", "albumentations")  # what a serve-profile venv must not have
+SERVE_PHOTOS = 10  # bench serve's --photos unless typed
 BROWSER_TIMEOUT_MS = 120_000  # a page step on a busy 2-core machine; Heroku allows a web process 60 s to bind
 # One line per classified photo on the Classify page: "name: class (p%)", or "name: unknown (why); best guess
 # class (p%)" below a run's threshold (a demo bundle has none).
@@ -572,14 +589,15 @@ def _serve_inputs(args: argparse.Namespace) -> tuple[Path, Path, list[Path]]:
     if not find_bundles(demo):
         raise StudioError(f"{demo}: no demo bundle (folder or .zip) in it; make one with "
                           "`python -m core export RUN --format tflite --bundle` and copy its .zip there.")
-    if not 1 <= args.photos <= MAX_PHOTOS_PER_BATCH:
-        raise StudioError(f"--photos takes 1 to {MAX_PHOTOS_PER_BATCH} (one Classify batch), not {args.photos}.")
+    photos = SERVE_PHOTOS if args.photos is None else args.photos
+    if not 1 <= photos <= MAX_PHOTOS_PER_BATCH:
+        raise StudioError(f"--photos takes 1 to {MAX_PHOTOS_PER_BATCH} (one Classify batch), not {photos}.")
     flowers = flowers_mini_dir()
     if flowers is None:
         raise StudioError(flowers_mini_missing_message())
     if not Path(CHROMIUM).is_file():
         raise StudioError(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium).")
-    return python, demo, round_robin_val_photos(flowers, args.photos)
+    return python, demo, round_robin_val_photos(flowers, photos)
 
 
 def bundle_summary(path: Path) -> dict[str, Any]:

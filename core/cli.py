@@ -557,16 +557,38 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
     bench = _command(sub, "bench", help="measure: loader | train | recipe throughput, scale (memory, disk, "
                      "time per phase by dataset size), stop (seconds to stop in each phase)")
-    bench.add_argument("what", choices=["loader", "train", "recipe", "scale", "stop", "features", "health", "serve"],
+    bench.add_argument("what", choices=["loader", "train", "recipe", "scale", "stop", "features", "health", "serve",
+                                        "load", "pool"],
                        help="loader: images/s per loader; train: steps/s per phase; recipe: this recipe against "
                        "the tutorial's, accuracy and whole-run time; scale: memory, disk and time by dataset size; "
                        "stop: seconds to stop in each phase; features: pooled stages by re-splits; health: the "
                        "health check against one feature pass; serve: a serve-profile app's seconds to a "
-                       "listening port and peak memory")
+                       "listening port and peak memory; load: many Chromium visitors at once against a served app "
+                       "(burst, training, sessions, soak); pool: ways of sharing one served model among threads")
     bench.add_argument("--venv", default=None, help="serve: a serve-profile virtual environment "
                        "(pip install -r requirements.txt)")
     bench.add_argument("--demo", default=None, help="serve: the folder holding the demo bundle(s) to serve")
-    bench.add_argument("--photos", type=int, default=10, help="serve: photos classified in the browser")
+    bench.add_argument("--photos", type=int, default=None,
+                       help="serve: photos classified in the browser (default 10); load: photos each visitor "
+                       "uploads at once (default 8)")
+    bench.add_argument("--profile", choices=["serve", "train"], default="serve",
+                       help="load: serve (the --venv serve-profile venv) or train (this venv, which can also train)")
+    bench.add_argument("--parts", default=None, metavar="PART,...",
+                       help="load: which of burst,training,sessions,soak to run (default: all the profile can; "
+                       "training needs --profile train)")
+    bench.add_argument("--visitors", type=int, default=8, help="load, pool: visitors classifying at the same moment "
+                       "(default 8)")
+    bench.add_argument("--ways", nargs="+", default=None, metavar="WAY",
+                       help="pool: ways of sharing one model to compare (unguarded, lock, pool-N; default: unguarded "
+                       "lock pool-1 pool-2 pool-4 pool-8)")
+    bench.add_argument("--threads-per-runner", type=int, default=None,
+                       help="pool: LiteRT/ONNX threads per runner (default: the runtime's own)")
+    bench.add_argument("--sessions", type=int, default=200,
+                       help="load: sessions opened and closed one after another (default 200)")
+    bench.add_argument("--minutes", type=float, default=20.0, help="load: length of the soak in minutes (default 20)")
+    bench.add_argument("--settle", type=float, default=130.0,
+                       help="load: seconds to wait after sessions and the soak before measuring memory again, for "
+                       "Streamlit to drop closed sessions (its disconnectedSessionTTL is 120 s; 0: do not wait)")
     bench.add_argument("--data", default=None, help="loader, recipe: the image folder; train: also measure fine-tune "
                                                      "steps fed by the real loader from it (real vs synthetic)")
     bench.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,8 @@ import numpy as np
 from core import StudioError
 
 DEFAULT_WAYS = ("unguarded", "lock", "pool-1", "pool-2", "pool-4", "pool-8")
+WAY = re.compile(r"unguarded|lock|pool-[1-9][0-9]*")
+DEFAULT_PHOTOS = 8  # per visitor, unless --photos is typed
 
 
 def bench_pool(args: argparse.Namespace) -> dict[str, Any]:
@@ -38,9 +41,15 @@ def bench_pool(args: argparse.Namespace) -> dict[str, Any]:
     if bundle is None or not bundle.exists():
         raise StudioError(f"{demo}: no demo bundle there; make one with `python -m core export RUN --bundle`.")
     ways = args.ways or list(DEFAULT_WAYS)
-    rows = [_measure_in_fresh_process(bundle, way, args.visitors, args.photos, args.threads_per_runner)
+    unknown = [way for way in ways if not WAY.fullmatch(way)]
+    if unknown:
+        raise StudioError(f"--ways: {unknown[0]!r} is not a way; give unguarded, lock or pool-N (N runners, 1 or more).")
+    photos = DEFAULT_PHOTOS if args.photos is None else args.photos
+    if not 1 <= args.visitors <= 64 or not 1 <= photos <= 64:
+        raise StudioError(f"--visitors and --photos take 1 to 64, not {args.visitors} and {photos}.")
+    rows = [_measure_in_fresh_process(bundle, way, args.visitors, photos, args.threads_per_runner)
             for way in ways]
-    return {"bundle": str(bundle), "visitors": args.visitors, "photos_each": args.photos,
+    return {"bundle": str(bundle), "visitors": args.visitors, "photos_each": photos,
             "threads_per_runner": args.threads_per_runner, "ways": rows}
 
 

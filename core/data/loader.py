@@ -28,8 +28,8 @@ except ImportError:  # pragma: no cover - exercised on the serve profile
 
 def default_threads() -> int:
     """Augmentation threads: one per core (albumentations/OpenCV release the GIL), or the share the app's launcher
-    gave a trainer beside its server (core.training.cpushare)."""
-    from core.training.cpushare import threads_from_environment
+    gave a trainer beside its server (core.base.cpushare)."""
+    from core.base.cpushare import threads_from_environment
 
     return threads_from_environment() or max(1, os.cpu_count() or 1)
 

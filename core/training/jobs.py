@@ -28,7 +28,7 @@ from typing import Any, Iterator
 from core import StudioError
 from core.base import progress as core_progress
 from core.base.config import TrainConfig, default_finetune_epochs
-from core.training.cpushare import environment_for, share_beside_server
+from core.base.cpushare import environment_for, share_beside_server
 from core.base.runs import (FINAL_STATES, HEARTBEAT_TIMEOUT_SECONDS, RunDir, list_runs, new_run_id, read_json,
                        write_json_atomic)
 
@@ -289,7 +289,7 @@ def leave_queue(run: RunDir) -> bool:
 def _child_env(lock_dir: Path | None = None) -> dict[str, str]:
     """The server's environment, with the repository importable and Python output unbuffered (live log), the
     queue the trainer hands the slot on to when it ends, and its share of the machine beside the server: a lower
-    priority and every core but one (core.training.cpushare; a STUDIO_TRAINER_* set by hand wins)."""
+    priority and every core but one (core.base.cpushare; a STUDIO_TRAINER_* set by hand wins)."""
     env = {**environment_for(share_beside_server()), **os.environ}
     if lock_dir is not None:
         env[QUEUE_ENV] = str(Path(lock_dir).resolve())

@@ -626,7 +626,7 @@ def test_sigkilled_trainer_is_reported_failed_and_its_best_model_still_predicts(
         time.sleep(0.1)
     # Issue 27.3: a trainer the app starts leaves the pages room: every one of its threads (TensorFlow's pools,
     # the loader's) runs at niceness 10.
-    from core.training.cpushare import current_niceness
+    from core.base.cpushare import current_niceness
 
     threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     assert len(threads) > 3 and {current_niceness(t) for t in threads} == {10}, jobs.log_tail(run)

@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[2]
 CORE = REPO / "core"
 # Lowest first: a module may import its own package and those before it, never one after it.
 LAYERS = ["base", "data", "network", "results", "training", "serving"]
-TOP = {"cli", "bench", "terminal", "launch", "gpucheck", "installplan", "upkeep", "__main__",
+TOP = {"cli", "bench", "loadbench", "poolbench", "terminal", "launch", "gpucheck", "installplan", "upkeep", "__main__",
        "__init__"}  # the command line on top
 
 

@@ -143,3 +143,27 @@ def test_bench_features_scores_every_candidate_over_resplits_and_caches_the_feat
     again = json.loads(run_cli(*args).stdout)
     assert again["feature_seconds"] == report["feature_seconds"]  # read back, not recomputed
     assert again["results"] == report["results"]  # same seeds, same re-splits, same answers
+
+
+def test_bench_load_refuses_bad_input_with_one_line_naming_the_flag(tmp_path):
+    """Each refusal comes before any server or browser starts (no timing: speed is measured, not tested)."""
+    from core.loadbench import DEFAULT_PHOTOS, photos_per_visitor
+    from core.cli import build_parser
+
+    (tmp_path / "empty").mkdir()
+    cases = {("--parts", "burst,nope"): "--parts: unknown part 'nope'",
+             ("--profile", "serve", "--parts", "training"): "--parts training needs --profile train",
+             ("--profile", "serve"): "--profile serve needs --venv",
+             ("--profile", "train", "--demo", str(tmp_path / "empty")): "--demo:",
+             ("--profile", "train", "--demo", str(tmp_path), "--visitors", "0"): "--visitors takes 1 to 64",
+             ("--profile", "train", "--demo", str(tmp_path), "--photos", "65"): "--photos takes 1 to 64",
+             ("--profile", "train", "--demo", str(tmp_path), "--minutes", "0"): "--minutes takes at least 0.1",
+             ("--profile", "train", "--venv", str(tmp_path)): "--venv is for --profile serve"}
+    for flags, reason in cases.items():
+        result = run_cli("bench", "load", *flags)
+        assert result.returncode == 2, (flags, result.stderr[-500:])
+        assert reason in result.stderr and len(result.stderr.strip().splitlines()) == 1, (flags, result.stderr)
+    # --photos is shared with bench serve (default 10 there); bench load's own default is 8 unless it is typed
+    assert photos_per_visitor(build_parser().parse_args(["bench", "load"])) == DEFAULT_PHOTOS == 8
+    assert photos_per_visitor(build_parser().parse_args(["bench", "load", "--photos", "10"])) == 10
+    assert build_parser().parse_args(["bench", "serve"]).photos is None  # bench serve then takes its 10

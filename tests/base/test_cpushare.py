@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO
 from core.training import jobs
-from core.training.cpushare import (NICE_ENV, THREADS_ENV, TRAINER_NICENESS, CpuShare, environment_for,
+from core.base.cpushare import (NICE_ENV, THREADS_ENV, TRAINER_NICENESS, CpuShare, environment_for,
                                     share_beside_server, threads_from_environment)
 
 
@@ -52,7 +52,7 @@ started = threading.Event()
 stop = threading.Event()
 early = threading.Thread(target=lambda: (started.set(), stop.wait()))  # a thread a library started at import
 early.start(); started.wait()
-from core.training.cpushare import apply_from_environment, current_niceness
+from core.base.cpushare import apply_from_environment, current_niceness
 share = apply_from_environment()
 late = threading.Thread(target=stop.wait); late.start()
 threads = {}

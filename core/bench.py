@@ -234,6 +234,8 @@ def bench_recipe(args: argparse.Namespace) -> dict[str, Any]:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:  # a bare word such as a preset name
             overrides[key] = value
+    if args.preset is not None:  # the preset measured against the tutorial (its settings under any --set)
+        overrides = {"preset": args.preset, **overrides}
     return compare_recipes(args.data, seeds=args.seeds, backbone=args.recipe_backbone, overrides=overrides,
                            resplit=args.resplit)
 

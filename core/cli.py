@@ -119,7 +119,7 @@ OVERRIDES_HELP = ("the cleaning loop's corrections: auto (default: DATA.override
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from core.base.config import TrainConfig, read_config_file
+    from core.base.config import TrainConfig, default_preset, read_config_file
     from core.base.runs import RunDir, check_run_id
 
     # The file's values and the flags are checked together, once (TrainConfig.from_dict below), so a flag can fix
@@ -146,12 +146,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         values["overrides"] = _overrides_setting(args.overrides)
     if isinstance(values.get("data"), str) and values["data"].lower().endswith(".zip"):
         values["data"] = str(_unpacked(values["data"], args.display))
+    if args.preset is not None:
+        values["preset"] = args.preset
+    accelerator = None
+    if "preset" not in values:  # the device's default: Best on a GPU, Quick on a CPU
+        TrainConfig.from_dict(values)  # every setting checked before the backend is imported to ask for the device
+        from core.network.device import detect_device
+
+        accelerator = detect_device().accelerator
+        values["preset"] = default_preset(accelerator)
     config = TrainConfig.from_dict(values)
     from core.data.augment import resolve_spec
 
     from core.data.augment import check_output_size
 
     check_output_size(resolve_spec(config.augmentation), config.resolved_image_size)  # before anything is created
+    args.display.note(_preset_note(config, accelerator, Path(args.models_dir or _models_dir())))
     from core.training.train import run_training
 
     run = RunDir(Path(args.models_dir or _models_dir()) / args.run_id) if args.run_id else None
@@ -165,6 +175,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.display.close()  # the last phase's line before the result
     print(run.path)
     return EXIT_OK
+
+
+def _preset_note(config: Any, accelerator: str | None, runs_dir: Path) -> str:
+    """'Preset quick: <what it does>. Expected: about 1:05 (...)', said before the run starts."""
+    from core.base.config import PRESET_SUMMARIES
+    from core.training.estimate import estimate_run, planned_counts
+
+    if accelerator is None:
+        from core.network.device import detect_device
+
+        accelerator = detect_device().accelerator
+    counts, cross_validated = planned_counts(config, accelerator)
+    estimate = estimate_run(config, counts, accelerator, runs_dir, cross_validated=cross_validated)
+    return f"Preset {config.preset}: {PRESET_SUMMARIES[config.preset]} Expected on this {accelerator.upper()}: " \
+           f"{estimate.describe()}."
 
 
 def _training_progress(display: Any) -> Any:
@@ -476,6 +501,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     train.add_argument("--config", help="JSON config file (flags override its values)")
     for key, kind in TRAIN_FLAGS.items():
         train.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, help=train_help(key))
+    train.add_argument("--preset", choices=["quick", "best"], default=None,
+                       help="quick: a linear head fitted on frozen features (minutes on a CPU); best: then "
+                       "fine-tunes the top stages on augmented photos (slower, more accurate). Default: best on a "
+                       "GPU, quick on a CPU. Flags given override the preset's settings")
     train.add_argument("--augmentation", help="preset (none|light|seed), a JSON file, or inline JSON")
     train.add_argument("--weights", help="imagenet (default) or none for random initialisation (baseline_cnn: none, "
                        "its only choice)")
@@ -605,6 +634,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=int, default=2, help="loader: passes over the data per contender")
     bench.add_argument("--steps", type=int, default=8, help="train: timed steps per measurement")
     bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="recipe: seeds to average over")
+    bench.add_argument("--preset", choices=["quick", "best"], default=None,
+                       help="recipe: the preset measured against the tutorial recipe (default: quick, the CPU's)")
     bench.add_argument("--augmentation", default="seed",
                        help="loader, train: augmentation preset (none|light|seed) or JSON (default seed)")
     bench.add_argument("--set", action="append", metavar="KEY=VALUE",

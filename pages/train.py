@@ -8,8 +8,11 @@ from core import StudioError
 from core.results import charts
 from core.training import jobs, pairs
 from core.base.backbones import BACKBONES, DEFAULT_BACKBONE
-from core.base.config import OPTIMIZERS, SGD_MOMENTUM, TrainConfig, all_defaults
+from core.base.config import (OPTIMIZERS, PRESET_SUMMARIES, PRESETS, SGD_MOMENTUM, TrainConfig, all_defaults,
+                               default_preset)
+from core.training.estimate import estimate_against_actual, estimate_run, planned_counts
 from core.training.hosting import training_limits
+from core.base.progress import format_seconds
 from core.data.imagecache import cache_size, clear as clear_cache, default_cache_dir
 from core.base.runs import RunDamaged, RunDir
 from core.base.safetext import markdown_literal
@@ -40,9 +43,24 @@ def follow_backbone_size(sizes: list[int]) -> None:
     st.session_state["image_size"] = recipe if recipe in sizes else min(sizes, key=lambda s: abs(s - recipe))
 
 
+def preset_choice(accelerator: str) -> str:
+    """Quick or Best, named with what each does; the device's default is preselected (Best on a GPU)."""
+    names = list(PRESETS)
+    return st.radio("Recipe", names, index=names.index(default_preset(accelerator)), horizontal=True,
+                    key="preset", format_func=str.capitalize, captions=[PRESET_SUMMARIES[n] for n in names],
+                    help="Each preset is a set of the settings below; change any of them after choosing one. "
+                         "Switching the preset sets them back to its values.")
+
+
+def preset_key(name: str, preset: str) -> str:
+    """A widget's key under a preset: switching the preset makes fresh widgets that start from its values."""
+    return name if preset == "quick" else f"{name}@{preset}"
+
+
 def settings(dataset_root: Path, accelerator: str) -> dict:
     """The training settings as config values; defaults make Start alone work."""
-    quick = jobs.recommended_settings(accelerator)
+    preset = preset_choice(accelerator)
+    chosen = {**DEFAULTS.to_dict(), **PRESETS[preset]}  # the preset's values start the widgets it sets
     state = current_workspace().load_state()
     limits = training_limits()  # a hosted demo offers only what a visitor may start
     if limits is not None:
@@ -80,8 +98,8 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
                                               "it is an upper bound that early stopping ends sooner.")
         most_finetune = limits.max_finetune_epochs if limits else 100
         finetune_epochs = right.number_input("Fine-tune epochs (phase 2)", 0, most_finetune,
-                                             min(quick["finetune_epochs"], most_finetune),
-                                             key="finetune_epochs",
+                                             min(chosen["finetune_epochs"], most_finetune),
+                                             key=preset_key("finetune_epochs", preset),
                                              help="0 trains the head only (quick on a CPU). Fine-tuning unfreezes the "
                                                   "top of the backbone at a ~100x lower learning rate.")
     with st.expander("More settings"):
@@ -97,27 +115,30 @@ def settings(dataset_root: Path, accelerator: str) -> dict:
                                   "cached features has none.")
         finetune_lr = DEFAULTS.finetune_lr
         if not scratch:
-            finetune_lr = a.select_slider("Fine-tune learning rate", LEARNING_RATES, DEFAULTS.finetune_lr,
-                                          key="finetune_lr", format_func=lambda v: f"{v:g}")
+            finetune_lr = a.select_slider("Fine-tune learning rate", LEARNING_RATES, chosen["finetune_lr"],
+                                          key=preset_key("finetune_lr", preset), format_func=lambda v: f"{v:g}")
         optimizer = a.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(DEFAULTS.optimizer), key="optimizer",
                                 format_func={"adam": "Adam", "sgd": f"SGD with momentum {SGD_MOMENTUM:g}"}.get,
                                 help="For every phase that trains over images (fine-tuning, a head on images, a "
                                      "network from scratch); SGD usually wants a ~10x higher learning rate.")
         unfreeze = DEFAULTS.unfreeze_stages if scratch else \
-            b.slider("Stages to unfreeze when fine-tuning", 0, 7, DEFAULTS.unfreeze_stages, key="unfreeze")
+            b.slider("Stages to unfreeze when fine-tuning", 0, 7, chosen["unfreeze_stages"],
+                     key=preset_key("unfreeze", preset))
         patience = b.slider("Early stopping patience (epochs)", 1, 20,
-                            all_defaults(backbone)["early_stopping_patience"],
-                            key="scratch_patience" if scratch else "patience")
-        dropout = b.slider("Dropout", 0.0, 0.8, DEFAULTS.dropout, 0.05, key="dropout")
-        smoothing = c.slider("Label smoothing", 0.0, 0.3, DEFAULTS.label_smoothing, 0.05, key="smoothing")
+                            all_defaults(backbone)["early_stopping_patience"] if scratch
+                            else chosen["early_stopping_patience"],
+                            key="scratch_patience" if scratch else preset_key("patience", preset))
+        dropout = b.slider("Dropout", 0.0, 0.8, chosen["dropout"], 0.05, key=preset_key("dropout", preset))
+        smoothing = c.slider("Label smoothing", 0.0, 0.3, chosen["label_smoothing"], 0.05,
+                             key=preset_key("smoothing", preset))
         class_weights = c.checkbox("Weight classes by inverse frequency", DEFAULTS.class_weights, key="class_weights")
-        tta = c.checkbox("Mirror test-time augmentation", DEFAULTS.tta, key="tta")
+        tta = c.checkbox("Mirror test-time augmentation", chosen["tta"], key=preset_key("tta", preset))
         run_name = c.text_input("Run name (optional)", key="run_name")
     return {"data": str(dataset_root), "backbone": backbone, "image_size": int(size), "batch_size": None if batch_size == "auto" else int(batch_size),
             "head_epochs": int(head_epochs), "finetune_epochs": int(finetune_epochs), "head_lr": head_lr,
             "finetune_lr": finetune_lr, "optimizer": optimizer, "unfreeze_stages": int(unfreeze), "early_stopping_patience": int(patience),
             "dropout": float(dropout), "label_smoothing": float(smoothing), "class_weights": bool(class_weights),
-            "tta": bool(tta), "run_name": run_name, "augmentation": current_augmentation(),
+            "tta": bool(tta), "run_name": run_name, "augmentation": current_augmentation(), "preset": preset,
             "val_fraction": float(saved_setting(state, "val_fraction", DEFAULTS.val_fraction)),
             "seed": int(saved_setting(state, "seed", DEFAULTS.seed)), "overrides": corrections_setting(dataset_root)}
 
@@ -287,6 +308,10 @@ def render_run(run_id: str) -> None:
         else:
             kept = " Its curves are kept below." if epochs else " Its log is kept in the run folder."
             st.warning(run_text(run, view.headline) + kept, icon=":material/info:")
+        timing = estimate_against_actual(run)
+        if timing is not None:
+            st.caption(f"Expected before the start: {format_seconds(timing[0])} · took {format_seconds(timing[1])} "
+                       f"({timing[1] / max(timing[0], 1.0):.1f}× the estimate). Later estimates use this run's rates.")
         links = st.columns(4)
         if view.has_model:  # only a run with a model can be picked on Evaluate
             links[0].page_link("pages/evaluate.py", label="Evaluate this run", icon=":material/analytics:")
@@ -320,6 +345,35 @@ def megabytes(size: int) -> str:
     """1234567 -> '1.2 MB'; 123456789 -> '118 MB'."""
     value = size / 1024**2
     return f"{value:,.1f} MB" if value < 10 else f"{value:,.0f} MB"
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def expected_seconds(values_json: str, accelerator: str, runs_dir: str, runs_seen: int) -> tuple[str, dict] | None:
+    """The estimate for these settings on this device (core.training.estimate), kept a minute: the split it needs
+    scans the folder. `runs_seen` makes a newly finished run's rates count at once."""
+    import json
+
+    try:
+        config = TrainConfig.from_dict(json.loads(values_json))
+        counts, cross_validated = planned_counts(config, accelerator)
+    except StudioError:
+        return None  # Start says what is wrong with the settings or the data
+    estimate = estimate_run(config, counts, accelerator, Path(runs_dir), cross_validated=cross_validated)
+    return estimate.describe(), counts
+
+
+def expected_time(values: dict, accelerator: str) -> None:
+    """'Best on this CPU: at most 5:40 (rates measured on this machine) for 750 photos', said before Start."""
+    import json
+
+    runs_dir = current_workspace(sync_address=False).runs_dir()
+    seen = sum(1 for _ in runs_dir.iterdir()) if runs_dir.is_dir() else 0
+    found = expected_seconds(json.dumps(values, sort_keys=True, default=str), accelerator, str(runs_dir), seen)
+    if found is None:
+        return
+    described, counts = found
+    st.markdown(f"**{values['preset'].capitalize()}** on this {accelerator.upper()}: {described}, "
+                f"learning from {counts.get('train', 0):,} photos.")
 
 
 def cache_section(busy: bool) -> None:
@@ -370,6 +424,7 @@ if dataset is not None:
             st.caption("Your corrections from the Data page are used: the run records them (overrides.json in "
                        "its folder). Undo them on the Data page to train on the folders as they are.")
         values = settings(dataset.root, device.get("accelerator", "cpu"))
+        expected_time(values, device.get("accelerator", "cpu"))
         jobs.dispatch(workspace_dir())  # a slot freed by a trainer that died is handed on here
         busy_elsewhere = active is None and jobs.slot_busy(workspace_dir())
         if active is not None:

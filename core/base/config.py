@@ -18,6 +18,22 @@ from core.base.backbones import DEFAULT_BACKBONE
 # (docs/benchmarks.md); on a GPU it is cheap and is where the recipe's second phase pays off.
 GPU_FINETUNE_EPOCHS = 3
 
+# Two recipes to choose between before Start (issue 28), each a set of settings: a setting not given takes the
+# preset's value (as a from-scratch backbone's do, SCRATCH_DEFAULTS), a setting given wins. "quick" is the config's
+# own defaults without fine-tuning: a linear head fitted exactly on frozen features (about a minute for 750 photos on
+# a 2-core CPU). "best" fine-tunes the top of the backbone after that head, over augmented photos (docs/benchmarks.md,
+# "The Best preset"). On a GPU Best is the default (default_preset), on a CPU Quick is.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"finetune_epochs": 0},
+    "best": {"finetune_epochs": 8, "unfreeze_stages": 2, "finetune_lr": 1e-4, "label_smoothing": 0.1,
+             "early_stopping_patience": 3, "reduce_lr_patience": 2},
+}
+PRESET_SUMMARIES = {
+    "quick": "Fits a linear classifier on the frozen network's features of every photo: minutes on a CPU.",
+    "best": "Then fine-tunes the network's top stages on augmented photos, keeping the best checkpoint: slower, "
+            "usually a few points more accurate.",
+}
+
 
 # numpy's legacy seeding (which keras.utils.set_random_seed calls) takes 0..2**32-1; a larger or negative seed
 # would fail only after the run folder exists, with a traceback.
@@ -70,6 +86,7 @@ RULES: dict[str, Rule] = {
     "data_parallel": Rule("bool"),
     "threads": Rule("int", 1, 256, null="one per core"),
     "log_every_steps": Rule("int", 1, 1_000_000, unit="steps"),
+    "preset": Rule("choice", choices=tuple(PRESETS)),
     "run_name": Rule("text", 0, 200),
     "overrides": Rule("text", 0, 4096, null="no overrides file"),
 }
@@ -175,6 +192,22 @@ SCRATCH_DEFAULTS: dict[str, Any] = {"weights": None, "head_mode": "images", "fin
                                     "early_stopping_patience": 8}
 
 
+def default_preset(accelerator: str) -> str:
+    """The preset a run starts from when none is chosen: Best where there is a GPU, Quick on a CPU."""
+    return "best" if accelerator == "gpu" else "quick"
+
+
+def preset_settings(preset: str, backbone: str) -> dict[str, Any]:
+    """The settings `preset` sets for `backbone`: none for a from-scratch backbone (it has no frozen base to fit a
+    head on or fine-tune), whose own defaults decide; an unknown name sets none (validate() refuses it)."""
+    from core.base.backbones import BACKBONES
+
+    spec = BACKBONES.get(backbone)
+    if spec is not None and spec.from_scratch:
+        return {}
+    return dict(PRESETS.get(preset, {}))
+
+
 def default_finetune_epochs(accelerator: str) -> int:
     """The 'auto' number of fine-tuning epochs for a device kind."""
     return GPU_FINETUNE_EPOCHS if accelerator == "gpu" else 0
@@ -226,6 +259,8 @@ class TrainConfig:
     data_parallel: bool = True          # use every visible GPU (batch_size is per device; LR scales with devices)
     threads: int | None = None          # augmentation threads; None = one per core
     log_every_steps: int = 5            # write a step line to metrics.jsonl this often
+    preset: str = "quick"               # the recipe the run started from (PRESETS): its settings fill the keys not
+                                        # given; recorded so the run says which it was
     run_name: str = ""                  # optional label shown in the UI
     # The cleaning loop's corrections (core.data.overrides): "auto" = the <folder>.overrides.json beside the dataset
     # when there is one, a path = that file, None = train on the folders as they are.
@@ -241,7 +276,9 @@ class TrainConfig:
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise StudioError(f"Unknown config key '{key}'{hint}.")
         backbone = values.get("backbone", DEFAULT_BACKBONE)
-        implied = backbone_defaults(backbone) if isinstance(backbone, str) else {}
+        preset = values.get("preset", cls.preset)
+        implied = {**preset_settings(preset, backbone), **backbone_defaults(backbone)} \
+            if isinstance(backbone, str) and isinstance(preset, str) else {}
         config = cls(**{**implied, **values})
         config.validate()
         return config

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 from core import StudioError
 from core.base import progress as core_progress
-from core.base.config import TrainConfig, default_finetune_epochs
+from core.base.config import TrainConfig
 from core.base.cpushare import environment_for, share_beside_server
 from core.base.runs import (FINAL_STATES, HEARTBEAT_TIMEOUT_SECONDS, RunDir, list_runs, new_run_id, read_json,
                        write_json_atomic)
@@ -588,12 +588,3 @@ def run_view(run: RunDir) -> RunView:
     return RunView(run.run_id, state, fraction, caption, status, verdict,
                    error=status.get("error") if state == "failed" else None, stalled=status.get("stalled"),
                    has_model=run.has_model(), queue=queue)
-
-
-# The UI used to train at 160 px on a CPU to keep the first model under two minutes. Since the head is fitted
-# exactly on cached features (core.network.headfit), the recipe's own size (Lite0: 288 px) takes about a minute end to end
-# on a 2-core CPU for flowers-mini's 400 photos, so a CPU and a GPU start from the backbone's recipe size; only
-# fine-tuning differs, by the core's 'auto' rule.
-def recommended_settings(accelerator: str) -> dict[str, Any]:
-    """Training defaults for the UI that depend on the device: the CLI's own 'auto' rule."""
-    return {"finetune_epochs": default_finetune_epochs(accelerator)}

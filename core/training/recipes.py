@@ -25,6 +25,7 @@ from typing import Any
 
 from core.base.config import TrainConfig
 from core.data.datasets import Sample, scan
+from core.training.estimate import estimate_against_actual
 
 REFERENCE_OVERRIDES: dict[str, Any] = {
     "head_mode": "images", "head_epochs": 2, "head_lr": 1e-2, "finetune_epochs": 0, "batch_size": 32,
@@ -112,8 +113,10 @@ def timed_run(config: TrainConfig, data_folder: Path, models_dir: Path) -> dict[
 
     run = RunDir(Path(done.stdout.strip().splitlines()[-1]))
     evaluation = run.read_evaluation()
+    timing = estimate_against_actual(run)  # what the run expected before it started, against what it took
     return {"test_accuracy": evaluation["accuracy"], "seconds": seconds, "split": evaluation["split"],
-            "test_images": evaluation["images"], "run": str(run.path)}
+            "test_images": evaluation["images"], "run": str(run.path),
+            "estimated_seconds": timing[0] if timing else None, "trainer_seconds": timing[1] if timing else None}
 
 
 def compare_recipes(data: str, seeds: list[int], backbone: str = "efficientnet_lite0",

@@ -583,3 +583,38 @@ def test_a_saved_hostile_augmentation_is_never_run_again(workspace: Path) -> Non
     no_exceptions(at)
     assert any("set back to the light preset" in w.value and "from 8 to 1024" in w.value for w in at.warning)
     assert Workspace.root().load_state()["augmentation"] == "light"
+
+
+def test_the_train_page_names_the_preset_and_its_expected_time_and_best_sets_its_settings(workspace: Path) -> None:
+    """Issue 28.3: Quick is chosen on a CPU, each preset is said in a sentence with the minutes expected for this
+    dataset on this device; choosing Best moves the settings it sets (fine-tuning epochs) and Start records it."""
+    from core.base.config import PRESET_SUMMARIES, PRESETS
+
+    at = app()
+    pick_folder(at)
+    at.switch_page("pages/train.py").run()
+    no_exceptions(at)
+    recipe = at.radio(key="preset")
+    assert recipe.value == "quick" and recipe.options == ["Quick", "Best"]
+    shown = texts(at)
+    assert "**Quick** on this CPU: about " in shown and "typical 2-core CPU rates" in shown
+    assert at.number_input(key="finetune_epochs").value == 0
+    recipe.set_value("best").run()
+    no_exceptions(at)
+    assert at.number_input(key="finetune_epochs@best").value == PRESETS["best"]["finetune_epochs"]
+    assert "**Best** on this CPU: at most " in texts(at)
+    captions = str(at.radio(key="preset").proto)  # each preset's sentence is shown under its name
+    assert all(PRESET_SUMMARIES[name].split(":")[0].replace("'", "") in captions.replace("\\'", "")
+               for name in PRESETS)
+
+
+def test_a_gpu_preselects_the_best_preset(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("core.network.device.detect_device",
+                        lambda: DeviceInfo("tensorflow", "gpu", "NVIDIA H200", 1, (9, 0)))
+    at = app()
+    pick_folder(at)
+    at.switch_page("pages/train.py").run()
+    no_exceptions(at)
+    assert at.radio(key="preset").value == "best"
+    # no GPU run measured yet: the page says so rather than quoting CPU rates
+    assert "**Best** on this GPU: unknown until a first run on this device has been measured" in texts(at)

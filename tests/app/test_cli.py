@@ -22,8 +22,10 @@ def trained_run(tmp_path_factory, flowers_dir) -> Path:
     """One real run: Lite0 with ImageNet weights, 1 epoch per phase, on flowers-mini at 96 px."""
     models = tmp_path_factory.mktemp("models")
     result = run_cli("--models-dir", str(models), "train", "--data", str(flowers_dir),
-                     "--backbone", "efficientnet_lite0", *TINY)
+                     "--backbone", "efficientnet_lite0", "--preset", "best", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
+    # the preset is named with what it does and the time expected before the run starts (issue 28.3)
+    assert "Preset best: Then fine-tunes" in result.stderr and "Expected on this CPU: at most " in result.stderr
     run_path = Path(result.stdout.strip().splitlines()[-1])
     assert run_path.parent == models
     return run_path
@@ -32,12 +34,13 @@ def trained_run(tmp_path_factory, flowers_dir) -> Path:
 def test_train_writes_every_artifact(trained_run: Path, flowers_dir: Path):
     run = RunDir(trained_run)
     for name in ("config.json", "status.json", "metrics.jsonl", "classes.json", "split.json", "model.keras",
-                 "evaluation.json"):
+                 "evaluation.json", "estimate.json"):
         assert run.file(name).is_file(), name
     assert run.read_status()["state"] == "succeeded"
     assert run.read_classes() == sorted(p.name for p in (flowers_dir / "train").iterdir())
     config = run.read_config()
     assert config["backbone"] == "efficientnet_lite0" and config["resolved"]["image_size"] == 96
+    assert config["preset"] == "best" and config["finetune_epochs"] == 1  # a flag given wins over the preset
     assert config["augmentation"][0]["name"] == "HorizontalFlip"  # the preset is saved expanded
     assert config["versions"]["keras"].startswith("3.")
     kinds = {(m["kind"], m["phase"]) for m in run.read_metrics()}

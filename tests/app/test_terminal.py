@@ -136,7 +136,8 @@ def piped_run(tmp_path_factory, flowers_dir: Path) -> tuple[subprocess.Completed
 def test_train_on_a_pipe_prints_the_folder_alone_and_one_plain_line_per_phase(piped_run) -> None:
     result, run = piped_run
     assert result.stdout == f"{run}\n" and run.is_dir()  # the result alone on stdout, for scripts
-    device, *phases = result.stderr.splitlines()
+    preset, device, *phases = result.stderr.splitlines()
+    assert re.fullmatch(r"Preset quick: .+ Expected on this CPU: about \d+:\d\d \(.+\)\.", preset), preset
     assert device == f"no GPU found: training on CPU, {os.cpu_count()} cores" or device.startswith("training on ")
     assert [line.split(" ", 1)[0] for line in phases] == [f"{i}/{len(phases)}" for i in range(1, len(phases) + 1)]
     assert re.search(r"^\d/\d Computing frozen-base features: [\d,]+ images in \d+:\d\d \([\d,.]+ images/s\)$",

@@ -7,6 +7,7 @@ import shutil
 from collections import Counter
 
 from conftest import run_cli
+from core.base.config import PRESETS
 from core.training.recipes import REFERENCE_OVERRIDES, benchmark_split, default_config, reference_config
 
 
@@ -116,14 +117,19 @@ def test_bench_recipe_times_whole_processes_on_a_train_test_folder(tmp_path, flo
             (data / part / cls).mkdir(parents=True)
             for f in sorted((flowers_dir / source / cls).iterdir())[:count]:
                 shutil.copy(f, data / part / cls / f.name)
-    result = run_cli("bench", "recipe", "--data", str(data), "--seeds", "0", "--set", "image_size=96", timeout=900)
+    result = run_cli("bench", "recipe", "--data", str(data), "--seeds", "0", "--preset", "best", "--set",
+                     "image_size=96", "--set", "finetune_epochs=1", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     for name in ("reference", "default"):
         (row,) = report["runs"][name]
         assert row["split"] == "test" and row["test_images"] == 12 and row["seconds"] > 1
         assert 0 <= row["test_accuracy"] <= 1
+        assert row["estimated_seconds"] > 0 and row["trainer_seconds"] <= row["seconds"]  # kept by the run
     assert report["time_ratio_default_over_reference"] > 0
+    # --preset best: the preset's settings, under the ones set by hand
+    assert report["overrides"]["preset"] == "best" and report["default_settings"]["finetune_epochs"] == 1
+    assert report["default_settings"]["unfreeze_stages"] == PRESETS["best"]["unfreeze_stages"]
 
 
 def test_bench_features_scores_every_candidate_over_resplits_and_caches_the_features(tmp_path, small_dataset):

@@ -25,12 +25,13 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "s7+top": ("s7", "top"),
     "s6+s7+top": ("s6", "s7", "top"),
     "s5+s6+s7+top": ("s5", "s6", "s7", "top"),
+    "s4+s5+s6+s7+top": ("s4", "s5", "s6", "s7", "top"),  # the recipe's since issue 28 (core.network.model)
 }
-STAGES = ("s5", "s6", "s7", "top")
+STAGES = ("s4", "s5", "s6", "s7", "top")
 
 
 def stage_extractor(backbone: str, image_size: int):
-    """uint8 pixels -> concatenated pooled outputs of stages 5, 6, 7 and the top conv; returns (model, slices)."""
+    """uint8 pixels -> concatenated pooled outputs of stages 4-7 and the top conv; returns (model, slices)."""
     import keras
 
     from core.base.backbones import create_backbone
@@ -38,7 +39,7 @@ def stage_extractor(backbone: str, image_size: int):
 
     base = create_backbone(backbone, image_size)
     outputs, widths = [], []
-    for stage in (5, 6, 7):
+    for stage in (4, 5, 6, 7):
         last = [layer for layer in base.layers if _stage(layer.name) == stage][-1]
         outputs.append(last.output)
     outputs.append(base.output)
@@ -59,7 +60,8 @@ def extract(data: str, backbone: str, image_size: int, work: Path) -> dict[str, 
 
     dataset = scan(data)
     samples = dataset.samples
-    key = hashlib.sha1(f"{Path(data).resolve()}|{backbone}|{image_size}|{len(samples)}".encode()).hexdigest()[:12]
+    key = hashlib.sha1(f"{Path(data).resolve()}|{backbone}|{image_size}|{len(samples)}|{STAGES}".encode()
+                       ).hexdigest()[:12]
     file = work / f"features-{key}.npz"
     if file.is_file():
         stored = np.load(file, allow_pickle=False)
@@ -119,10 +121,11 @@ def _probabilities(head, x: np.ndarray, epsilon: float) -> np.ndarray:
 
 
 def score_candidate(features: dict[str, Any], parts: tuple[str, ...], test_mask: np.ndarray, protocol: str,
-                    seed: int, epsilon: float = 1e-3) -> dict[str, float]:
+                    seed: int, epsilon: float = 1e-3, scaling: str | None = None) -> dict[str, float]:
     """Fit a head on the train rows as the recipe would ("cv": L2 by 5-fold CV, refit on all; "holdout": L2 on a
-    carved 20% validation split, fit on the other 80%), score test accuracy plain and with mirrored views."""
-    from core.network.headfit import fit_head, fit_head_cv
+    carved 20% validation split, fit on the other 80%), score test accuracy plain and with mirrored views.
+    `scaling` of the features (core.network.headfit.scaling_variance; one block per stage): the recipe's if None."""
+    from core.network.headfit import RECIPE_SCALING, fit_head, fit_head_cv
     from core.training.train import class_weight_vector
 
     labels = features["labels"]
@@ -131,14 +134,16 @@ def score_candidate(features: dict[str, Any], parts: tuple[str, ...], test_mask:
     x_mirror = _columns(features["mirrored"], features["slices"], parts)
     train_rows = np.flatnonzero(~test_mask)
     weights_per_class = class_weight_vector(labels[train_rows], num_classes)
+    slices = features["slices"]
+    scaled = {"scaling": scaling or RECIPE_SCALING, "blocks": tuple(slices[p].stop - slices[p].start for p in parts)}
     if protocol == "cv":
         head, _ = fit_head_cv(x[train_rows], labels[train_rows], num_classes, epsilon,
-                              sample_weight=weights_per_class[labels[train_rows]], seed=seed)
+                              sample_weight=weights_per_class[labels[train_rows]], seed=seed, **scaled)
     else:
         val_mask = resplit(labels[train_rows], 0.2, seed + 1000)
         fit_rows, val_rows = train_rows[~val_mask], train_rows[val_mask]
         head, _ = fit_head(x[fit_rows], labels[fit_rows], x[val_rows], labels[val_rows], num_classes, epsilon,
-                           sample_weight=weights_per_class[labels[fit_rows]])
+                           sample_weight=weights_per_class[labels[fit_rows]], **scaled)
     test_rows = np.flatnonzero(test_mask)
     plain = _probabilities(head, x[test_rows], epsilon)
     mirrored = _probabilities(head, x_mirror[test_rows], epsilon)
@@ -148,9 +153,10 @@ def score_candidate(features: dict[str, Any], parts: tuple[str, ...], test_mask:
 
 
 def study(data: str, backbone: str, image_size: int, resplits: int, work: Path,
-          candidates: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
-    """Every candidate feature set with the CV protocol, plus the previous default (s6+top, holdout), over
-    `resplits` random re-splits of all photos (test share as the folder's own test/, else 20%)."""
+          candidates: dict[str, tuple[str, ...]] | None = None, scaling: str | None = None) -> dict[str, Any]:
+    """Every candidate feature set with the CV protocol, plus the issue-15 baseline (s6+top, holdout), over
+    `resplits` random re-splits of all photos (test share as the folder's own test/, else 20%). Features scaled
+    as the recipe does (headfit.RECIPE_SCALING) unless `scaling` names another policy."""
     from core.network.headfit import single_threaded_blas
 
     features = extract(data, backbone, image_size, work)
@@ -165,7 +171,7 @@ def study(data: str, backbone: str, image_size: int, resplits: int, work: Path,
             mask = resplit(labels, test_share, seed)
             for name, parts, protocol in contenders:
                 rows.setdefault(f"{name} ({protocol})", []).append(score_candidate(features, parts, mask, protocol,
-                                                                                   seed))
+                                                                                   seed, scaling=scaling))
     summary = {}
     for name, results in rows.items():
         plain = [r["accuracy"] for r in results]
@@ -177,7 +183,10 @@ def study(data: str, backbone: str, image_size: int, resplits: int, work: Path,
     for name, row in summary.items():  # paired: the same re-splits for every contender
         row["wins_vs_previous_default"] = sum(a > b for a, b in zip(row["per_split"], reference))
         row["ties_vs_previous_default"] = sum(a == b for a, b in zip(row["per_split"], reference))
+    from core.network.headfit import RECIPE_SCALING
+
     return {"data": str(data), "backbone": backbone, "image_size": image_size, "photos": int(len(labels)),
+            "scaling": scaling or RECIPE_SCALING,
             "classes": features["classes"], "test_share": test_share, "resplits": resplits,
             "feature_seconds": features["seconds"], "fit_seconds": time.perf_counter() - started,
             "results": summary}

@@ -132,6 +132,16 @@ def test_with_a_test_folder_and_no_val_folder_every_training_photo_is_learned_fr
     assert len(split["train"]) == 320 and split["val"] == [] and len(split["test"]) == 80
     fit = _head_fit_line(run)
     assert fit["chosen_by"] == "5-fold cross-validation" and fit["photos"] == 320
+    # Stages 4-7 and the top, each scaled as one block: head_bn's variance is one number per block (the block's
+    # mean variance), so a trainer that stopped passing the scaling or the blocks would fail here.
+    assert fit["scaling"] == "per_block" and fit["blocks"] == [80, 112, 192, 320, 1280]
+    from core.results.evaluate import load_run_model
+
+    variance = load_run_model(run).get_layer("head_bn").get_weights()[3]
+    edges = np.cumsum([0, *fit["blocks"]])
+    for start, stop in zip(edges[:-1], edges[1:]):
+        assert np.ptp(variance[start:stop]) <= 1e-6 * max(1.0, abs(variance[start]))
+    assert len({round(float(variance[s]), 6) for s in edges[:-1]}) > 1  # not one global number either
     trials = [m for m in run.read_metrics() if m["kind"] == "epoch"]
     assert len(trials) == len(headfit.L2_GRID) and all(t["val_loss"] is not None for t in trials)  # out of fold
     evaluation = run.read_evaluation()
@@ -226,3 +236,42 @@ def test_out_of_fold_probabilities_are_handed_out_per_l2():
         assert probs.shape == (60, 3) and np.allclose(probs.sum(1), 1)
         plain = -np.log(np.clip(probs[np.arange(60), y], 1e-7, 1)).mean()
         assert plain == pytest.approx(trial.selection_loss, abs=1e-9)
+
+
+def test_per_block_scaling_divides_each_block_by_one_number_keeping_relative_scales_inside_it():
+    x, y = _blobs(20, 3, 12, 2.0, seed=7)
+    x[:, :4] *= np.array([10.0, 1.0, 0.1, 5.0])  # a block whose features differ in scale
+    variance = x.var(axis=0, dtype=np.float64)
+    head, _ = fit_head_cv(x, y, 3, 1e-3, grid=(0.1,), folds=3, scaling="per_block", blocks=(4, 8))
+    np.testing.assert_allclose(head.variance[:4], variance[:4].mean())
+    np.testing.assert_allclose(head.variance[4:], variance[4:].mean())
+    z = standardise(x.astype(np.float64), head.mean, head.variance, 1e-3)
+    np.testing.assert_allclose(z[:, :4].var(axis=0) / z[:, 0].var(), variance[:4] / variance[0], rtol=1e-9)
+    # The default is the plain per-feature standardisation; "global" is one number; blocks must cover the features.
+    plain, _ = fit_head_cv(x, y, 3, 1e-3, grid=(0.1,), folds=3)
+    np.testing.assert_allclose(plain.variance, variance)
+    np.testing.assert_allclose(headfit.scaling_variance(variance, "global"), variance.mean())
+    with pytest.raises(ValueError, match="add up"):
+        headfit.scaling_variance(variance, "per_block", (5, 8))
+    with pytest.raises(ValueError, match="unknown feature scaling"):
+        headfit.scaling_variance(variance, "per_stage")
+
+
+def test_fine_tuning_after_a_feature_fit_keeps_the_fitted_standardiser_frozen(tmp_path, small_dataset, monkeypatch):
+    """head_bn holds the fit's per-stage scales; trainable during fine-tuning it would normalise each batch per
+    feature instead, unlike what the kernel was fitted on. Fails if the trainer stops freezing it."""
+    from core.base.config import TrainConfig
+    from core.training import train
+
+    seen = []
+    original = train.Trainer._fit
+
+    def spy(self, model, phase, *args, **kwargs):
+        seen.append((phase, model.get_layer("head_bn").trainable))
+        return original(self, model, phase, *args, **kwargs)
+
+    monkeypatch.setattr(train.Trainer, "_fit", spy)
+    config = TrainConfig(data=str(small_dataset), image_size=64, finetune_epochs=1, augmentation="none")
+    run = train.run_training(config, models_dir=tmp_path / "models")
+    assert run.read_status()["state"] == "succeeded"
+    assert seen == [("finetune", False)]

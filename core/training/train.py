@@ -153,7 +153,7 @@ class NamedPhase(progress.Phase):
 def training_plan(config: TrainConfig, counts: dict[str, int], finetune_epochs: int,
                   cross_validated: bool = True) -> list[progress.Phase]:
     """The phases this run will go through, with how much work each is (for progress and the ETA)."""
-    from core.network.headfit import L2_GRID
+    from core.network.headfit import L2_GRID, RECIPE_SCALING, scaling_candidates
 
     n_train, n_val = counts.get("train", 0), counts.get("val", 0)
     n_eval = counts.get("test") or n_val
@@ -167,8 +167,9 @@ def training_plan(config: TrainConfig, counts: dict[str, int], finetune_epochs: 
                                  seconds_per_unit=SCRATCH_PRIOR_SECONDS * size_factor))
     elif config.head_epochs > 0 and config.head_mode == "features":
         # With a val/ folder: one fit per L2 on it; else each L2 is cross-validated (CV_FOLDS fits, warm-started,
-        # in the photos' row space) and one refit on all photos follows. Seconds per unit measured on 2 cores.
-        fits = len(L2_GRID) + 1 if cross_validated else len(L2_GRID)
+        # in the photos' row space) and one refit on all photos follows; the grid runs once per scaling tried
+        # (headfit.RECIPE_SCALING). Seconds per unit measured on 2 cores.
+        fits = len(scaling_candidates(RECIPE_SCALING)) * len(L2_GRID) + (1 if cross_validated else 0)
         phases += [progress.Phase(progress.FEATURES, n_train + (0 if cross_validated else n_val)),
                    progress.Phase(progress.HEAD_FIT, fits, unit="fits", seconds_per_unit=0.1 + 0.0005 * n_train)]
     elif config.head_epochs > 0:
@@ -494,17 +495,18 @@ class Trainer:
             self.run.log_metrics({"kind": "epoch", "phase": PHASE_HEAD, "epoch": self.global_epoch,
                                   "phase_epoch": index + 1, "loss": trial.loss, "accuracy": trial.accuracy,
                                   "val_loss": trial.val_loss, "val_accuracy": trial.val_accuracy,
-                                  "l2": trial.l2, "iterations": trial.iterations,
+                                  "l2": trial.l2, "scaling": trial.scaling, "iterations": trial.iterations,
                                   "selection_loss": trial.selection_loss,
                                   "cross_validated": self.cross_validated,
                                   "seconds": time.perf_counter() - started})
-            return self.tracker.advance(index + 1, message=f"L2 strength {trial.l2:g} fitted")
+            return self.tracker.advance(index + 1, message=f"L2 strength {trial.l2:g} fitted ({trial.scaling})")
 
         def on_iteration(index: int, fraction: float) -> bool:
             return self.tracker.advance(index + fraction)
 
         weights = self.sample_weights[train_y] if self.sample_weights is not None else None
-        # Each pooled stage is scaled as one block (core.network.headfit.scaling_variance), written into head_bn.
+        # Each pooled stage may be scaled as one block (core.network.headfit.scaling_variance); the fit chooses
+        # the scaling with L2 (RECIPE_SCALING) and its variance is written into head_bn.
         scaling = {"scaling": RECIPE_SCALING, "blocks": feature_blocks(self.model)}
         out_of_fold: dict[float, np.ndarray] = {}
         with single_threaded_blas():
@@ -531,12 +533,14 @@ class Trainer:
             probs = out_of_fold[head.l2]
             seen = probs.sum(axis=1) > 0
             self.out_of_fold = (probs[seen].max(axis=1), probs[seen].argmax(axis=1) == train_y[seen])
-        best = next(t for t in trials if t.l2 == head.l2)
+        best = next(t for t in trials if t.l2 == head.l2 and t.scaling == head.scaling)
         self.run.log_metrics({"kind": "head_fit", "phase": PHASE_HEAD, "l2": head.l2,
-                              "grid": [t.l2 for t in trials], "seconds": time.perf_counter() - started,
+                              "grid": list(dict.fromkeys(t.l2 for t in trials)),
+                              "seconds": time.perf_counter() - started,
                               "chosen_by": f"{CV_FOLDS}-fold cross-validation" if self.cross_validated
                               else "the validation folder", "photos": int(len(train_y)),
-                              "scaling": scaling["scaling"], "blocks": list(scaling["blocks"])})
+                              "scaling": head.scaling, "scalings_tried": sorted({t.scaling for t in trials}),
+                              "blocks": list(scaling["blocks"])})
         self.save_each_improvement = False  # saved once in the save phase (or before fine-tuning)
         self.epoch_ended(best.val_loss if best.val_loss is not None else best.loss)
         self.save_each_improvement = True
@@ -578,7 +582,7 @@ class Trainer:
         self.phase_ended()  # the head's model is the run's best until fine-tuning beats it
         set_finetune_trainable(self.model, self.config.unfreeze_stages)
         if self.config.head_mode == "features":
-            # The fitted head's BatchNorm is its standardiser, one scale per pooled stage (headfit.RECIPE_SCALING).
+            # The fitted head's BatchNorm is its standardiser, with the scaling the fit chose (headfit.RECIPE_SCALING).
             # Left trainable it would normalise each batch per feature, which is not what the kernel was fitted on;
             # frozen, Keras 3 runs it in inference mode, with the fitted statistics.
             self.model.get_layer("head_bn").trainable = False

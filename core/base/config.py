@@ -244,7 +244,7 @@ class TrainConfig:
     unfreeze_stages: int = 2            # top EfficientNet stages (plus the top conv) to unfreeze
     # Regularisation and schedule.
     dropout: float = 0.5                # dropout before the classifier (0.5 measured better than 0.2 with few images)
-    multi_level: bool = True            # pool the previous stage's output too (measured better; see benchmarks)
+    multi_level: bool = True            # pool stages 4-7 with the top features (measured better; see benchmarks)
     label_smoothing: float = 0.1        # 0 disables
     class_weights: bool = True          # weight the loss by inverse class frequency (imbalanced data)
     early_stopping_patience: int = 3    # epochs without val_loss improvement before stopping a phase

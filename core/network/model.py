@@ -11,34 +11,52 @@ import numpy as np
 HEAD_LAYERS = ("head_pool", "head_bn", "head_dropout", "predictions")
 
 
-# How many of the last stages are pooled with the top features (when they share its grid). Chosen with
-# `python -m core bench features` over 10 re-splits of three check sets (docs/benchmarks.md): stages 6 and 7 with the
-# top features beat stage 6 alone on the outline-only shapes set (+0.3 points, 8 of 10 re-splits won against the
-# previous default) and matched it elsewhere; adding stage 5 (a finer grid) gained within noise and would make the
-# class-activation map inexact.
-MID_LEVEL_STAGES = 2
+# How many of the last stages are pooled with the top features: those that share its grid (stages 6 and 7 of an
+# EfficientNet) and those on a grid exactly twice as fine (stages 4 and 5), averaged 2x2 onto the top's grid first.
+# Chosen with ablations over re-splits of flowers-dev's train/ and two generated sets (docs/benchmarks.md, issue 28):
+# adding stages 4 and 5 to stages 6, 7 and the top gained +0.8 points on flowers-dev (8 of 10 re-splits won, none
+# lost), more with per-stage scaling of the head where the fit chooses it (core.network.headfit.RECIPE_SCALING).
+MID_LEVEL_STAGES = 4
 
 
 def with_mid_level_features(base: keras.Model, stages: int = MID_LEVEL_STAGES) -> keras.Model:
-    """The base's final feature map concatenated with the outputs of its last `stages` stages that share its grid.
+    """The base's final feature map concatenated with the outputs of its last `stages` stages, on the top's grid.
 
     Measured (docs/benchmarks.md): pooled mid-level features transfer better than the top features alone
     (textures, colours and simple outlines matter more than ImageNet object parts), and together they beat
-    either. Same grid means GAP -> BatchNorm -> Dense stays linear per position, so the class-activation map stays
-    exact. Backbones with no such stage (EfficientNetV2) are returned unchanged.
+    either. A stage on the top's grid joins as it is; one on a grid exactly twice as fine is averaged over 2x2
+    cells first (its global average is unchanged, so the pooled features are the stage's own). Everything then sits
+    on one grid, so GAP -> BatchNorm -> Dense stays linear per position and the class-activation map stays exact.
+    Going down, the first stage on any other grid ends the search (e.g. Lite1 at 240 px: 15 is not twice 8).
+    Backbones with no such stage (EfficientNetV2) are returned unchanged.
     """
     top = base.output
+    grid = tuple(top.shape[1:3])
     numbers = sorted({_stage(layer.name) for layer in base.layers if _stage(layer.name)})
     joined = []
     for stage in reversed(numbers[-stages:] if stages > 0 else []):
-        last = [layer for layer in base.layers if _stage(layer.name) == stage][-1]
-        if tuple(last.output.shape[1:3]) != tuple(top.shape[1:3]):
+        output = [layer for layer in base.layers if _stage(layer.name) == stage][-1].output
+        if tuple(output.shape[1:3]) == grid:
+            joined.insert(0, output)
+        elif None not in grid and tuple(output.shape[1:3]) == (2 * grid[0], 2 * grid[1]):
+            joined.insert(0, keras.layers.AveragePooling2D(2, name=f"stage{stage}_on_top_grid")(output))
+        else:
             break
-        joined.insert(0, last.output)
     if not joined:
         return base
     merged = keras.layers.Concatenate(name="multi_level_features")([*joined, top])
     return keras.Model(base.input, merged, name=base.name)
+
+
+def feature_blocks(classifier: keras.Model) -> tuple[int, ...]:
+    """Widths of the pooled feature blocks the head sees, in order (one per joined stage, then the top), read from
+    the backbone's "multi_level_features" layer; one block when the features are the top's alone."""
+    base = base_of(classifier)
+    try:
+        merged = base.get_layer("multi_level_features")
+    except ValueError:
+        return (int(base.output.shape[-1]),)
+    return tuple(int(tensor.shape[-1]) for tensor in merged.input)
 
 
 def build_classifier(base: keras.Model, num_classes: int, dropout: float = 0.2,

@@ -272,7 +272,8 @@ def head_fit_caption(epochs: list[dict]) -> str:
     if any(e.get("cross_validated") for e in epochs if e.get("l2") is not None):
         return (f"Phase 1 fits the head exactly on cached features: each point is one L2 strength (strongest first), "
                 f"its 'validation' values out of fold ({CV_FOLDS}-fold cross-validation over every training photo). "
-                "The strength with the lowest out-of-fold loss without label smoothing is then refitted on all "
-                "photos: that last fit is the model kept.")
-    return ("Phase 1 fits the head exactly on cached features, once per L2 strength (weakest first); each point is one "
-            "fit, and the one with the lowest validation loss (without label smoothing) is kept.")
+                "The grid runs once per way of scaling the features (each pooled stage as one, then each feature on "
+                "its own), so the strengths repeat. The pair with the lowest out-of-fold loss without label "
+                "smoothing is then refitted on all photos: that last fit is the model kept.")
+    return ("Phase 1 fits the head exactly on cached features, once per L2 strength and way of scaling the features; "
+            "each point is one fit, and the one with the lowest validation loss (without label smoothing) is kept.")

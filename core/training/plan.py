@@ -84,7 +84,7 @@ class NamedPhase(progress.Phase):
 def training_plan(config: TrainConfig, counts: dict[str, int], finetune_epochs: int,
                   cross_validated: bool = True) -> list[progress.Phase]:
     """The phases this run will go through, with how much work each is (for progress and the ETA)."""
-    from core.network.headfit import L2_GRID
+    from core.network.headfit import L2_GRID, RECIPE_SCALING, scaling_candidates
 
     n_train, n_val = counts.get("train", 0), counts.get("val", 0)
     n_eval = counts.get("test") or n_val
@@ -98,8 +98,9 @@ def training_plan(config: TrainConfig, counts: dict[str, int], finetune_epochs: 
                                  seconds_per_unit=SCRATCH_PRIOR_SECONDS * size_factor))
     elif config.head_epochs > 0 and config.head_mode == "features":
         # With a val/ folder: one fit per L2 on it; else each L2 is cross-validated (CV_FOLDS fits, warm-started,
-        # in the photos' row space) and one refit on all photos follows. Seconds per unit measured on 2 cores.
-        fits = len(L2_GRID) + 1 if cross_validated else len(L2_GRID)
+        # in the photos' row space) and one refit on all photos follows; the grid runs once per scaling tried
+        # (headfit.RECIPE_SCALING). Seconds per unit measured on 2 cores.
+        fits = len(scaling_candidates(RECIPE_SCALING)) * len(L2_GRID) + (1 if cross_validated else 0)
         phases += [progress.Phase(progress.FEATURES, n_train + (0 if cross_validated else n_val)),
                    progress.Phase(progress.HEAD_FIT, fits, unit="fits", seconds_per_unit=0.1 + 0.0005 * n_train)]
     elif config.head_epochs > 0:

@@ -398,8 +398,8 @@ class Trainer:
         """Phase: fit the head for each L2 strength of the grid (logged like epochs), write the best into the
         model. A stop between or within fits keeps the best head fitted so far; a stop before the first fit
         ends leaves no head."""
-        from core.network.headfit import CV_FOLDS, fit_head, fit_head_cv, single_threaded_blas
-        from core.network.model import write_linear_head
+        from core.network.headfit import CV_FOLDS, RECIPE_SCALING, fit_head, fit_head_cv, single_threaded_blas
+        from core.network.model import feature_blocks, write_linear_head
 
         bn = self.model.get_layer("head_bn")
         started = time.perf_counter()
@@ -410,26 +410,30 @@ class Trainer:
             self.run.log_metrics({"kind": "epoch", "phase": PHASE_HEAD, "epoch": self.global_epoch,
                                   "phase_epoch": index + 1, "loss": trial.loss, "accuracy": trial.accuracy,
                                   "val_loss": trial.val_loss, "val_accuracy": trial.val_accuracy,
-                                  "l2": trial.l2, "iterations": trial.iterations,
+                                  "l2": trial.l2, "scaling": trial.scaling, "iterations": trial.iterations,
                                   "selection_loss": trial.selection_loss,
                                   "cross_validated": self.cross_validated,
                                   "seconds": time.perf_counter() - started})
-            return self.tracker.advance(index + 1, message=f"L2 strength {trial.l2:g} fitted")
+            return self.tracker.advance(index + 1, message=f"L2 strength {trial.l2:g} fitted ({trial.scaling})")
 
         def on_iteration(index: int, fraction: float) -> bool:
             return self.tracker.advance(index + fraction)
 
         weights = self.sample_weights[train_y] if self.sample_weights is not None else None
+        # Each pooled stage may be scaled as one block (core.network.headfit.scaling_variance); the fit chooses
+        # the scaling with L2 (RECIPE_SCALING) and its variance is written into head_bn.
+        scaling = {"scaling": RECIPE_SCALING, "blocks": feature_blocks(self.model)}
         out_of_fold: dict[float, np.ndarray] = {}
         with single_threaded_blas():
             if self.cross_validated:
                 head, trials = fit_head_cv(train_x, train_y, num_classes, epsilon=bn.epsilon, sample_weight=weights,
                                            label_smoothing=self.config.label_smoothing, seed=self.config.seed,
-                                           on_trial=log_trial, on_iteration=on_iteration, out_of_fold=out_of_fold)
+                                           on_trial=log_trial, on_iteration=on_iteration, out_of_fold=out_of_fold,
+                                           **scaling)
             else:
                 head, trials = fit_head(train_x, train_y, val_x, val_y, num_classes, epsilon=bn.epsilon,
                                         sample_weight=weights, label_smoothing=self.config.label_smoothing,
-                                        on_trial=log_trial, on_iteration=on_iteration)
+                                        on_trial=log_trial, on_iteration=on_iteration, **scaling)
         self.tracker.finish(progress.HEAD_FIT)
         if head is None:  # stopped inside the first fit
             raise StopRequested()
@@ -444,11 +448,14 @@ class Trainer:
             probs = out_of_fold[head.l2]
             seen = probs.sum(axis=1) > 0
             self.out_of_fold = (probs[seen].max(axis=1), probs[seen].argmax(axis=1) == train_y[seen])
-        best = next(t for t in trials if t.l2 == head.l2)
+        best = next(t for t in trials if t.l2 == head.l2 and t.scaling == head.scaling)
         self.run.log_metrics({"kind": "head_fit", "phase": PHASE_HEAD, "l2": head.l2,
-                              "grid": [t.l2 for t in trials], "seconds": time.perf_counter() - started,
+                              "grid": list(dict.fromkeys(t.l2 for t in trials)),
+                              "seconds": time.perf_counter() - started,
                               "chosen_by": f"{CV_FOLDS}-fold cross-validation" if self.cross_validated
-                              else "the validation folder", "photos": int(len(train_y))})
+                              else "the validation folder", "photos": int(len(train_y)),
+                              "scaling": head.scaling, "scalings_tried": sorted({t.scaling for t in trials}),
+                              "blocks": list(scaling["blocks"])})
         self.save_each_improvement = False  # saved once in the save phase (or before fine-tuning)
         self.epoch_ended(best.val_loss if best.val_loss is not None else best.loss)
         self.save_each_improvement = True
@@ -489,6 +496,11 @@ class Trainer:
 
         self.phase_ended()  # the head's model is the run's best until fine-tuning beats it
         set_finetune_trainable(self.model, self.config.unfreeze_stages)
+        if self.config.head_mode == "features":
+            # The fitted head's BatchNorm is its standardiser, with the scaling the fit chose (headfit.RECIPE_SCALING).
+            # Left trainable it would normalise each batch per feature, which is not what the kernel was fitted on;
+            # frozen, Keras 3 runs it in inference mode, with the fitted statistics.
+            self.model.get_layer("head_bn").trainable = False
         self._compile(self.model, self.config.finetune_lr)
         self._fit(self.model, PHASE_FINETUNE, epochs,
                   x=self._batches(data, "train", augment=True, shuffle=True),

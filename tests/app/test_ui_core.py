@@ -129,10 +129,11 @@ def test_charts_compute_apart_from_drawing() -> None:
     assert charts.confusion_figure([[1, 0], [1, 1]], ["a", "b"], normalised=True).data[0].z[1][0] == 0.5
 
 
-@pytest.mark.parametrize("multi_level", [False, True], ids=["top-only", "stages-6-7-and-top"])
+@pytest.mark.parametrize("multi_level", [False, True], ids=["top-only", "stages-4-to-7-and-top"])
 def test_cam_means_equal_the_classifier_logits(multi_level: bool) -> None:
     """The head is linear up to softmax, so softmax(mean of each class map) must equal the model's output; with the
-    default recipe's pooled stages 6 and 7 too (they share the top's grid, so the map stays exact)."""
+    default recipe's pooled stages 4 to 7 too (6 and 7 share the top's grid, 4 and 5 are averaged 2x2 onto it, so
+    the map stays exact)."""
     import keras
 
     from core.base.backbones import create_backbone
@@ -143,7 +144,7 @@ def test_cam_means_equal_the_classifier_logits(multi_level: bool) -> None:
     base = create_backbone("efficientnet_lite0", 64, weights=None)
     if multi_level:
         base = with_mid_level_features(base)
-        assert base.output_shape[-1] == 192 + 320 + 1280
+        assert base.output_shape[-1] == 80 + 112 + 192 + 320 + 1280
     model = build_classifier(base, 3)
     bn = model.get_layer("head_bn")  # non-trivial BatchNorm statistics, as after training
     bn.moving_mean.assign(np.random.default_rng(1).normal(size=bn.moving_mean.shape).astype("float32"))

@@ -132,8 +132,23 @@ def test_with_a_test_folder_and_no_val_folder_every_training_photo_is_learned_fr
     assert len(split["train"]) == 320 and split["val"] == [] and len(split["test"]) == 80
     fit = _head_fit_line(run)
     assert fit["chosen_by"] == "5-fold cross-validation" and fit["photos"] == 320
+    # Stages 4-7 and the top; the scaling chosen with L2 by the same folds, recorded as the L2 is. Per block,
+    # head_bn's variance is one number per block (the block's mean variance), so a trainer that stopped passing
+    # the scaling or the blocks would fail here; per feature, it varies inside blocks.
+    assert fit["blocks"] == [80, 112, 192, 320, 1280]
+    assert fit["scaling"] in headfit.CV_SCALINGS and fit["scalings_tried"] == sorted(headfit.CV_SCALINGS)
     trials = [m for m in run.read_metrics() if m["kind"] == "epoch"]
-    assert len(trials) == len(headfit.L2_GRID) and all(t["val_loss"] is not None for t in trials)  # out of fold
+    assert len(trials) == len(headfit.CV_SCALINGS) * len(headfit.L2_GRID)
+    assert all(t["val_loss"] is not None for t in trials)  # out of fold
+    winner = min(trials, key=lambda t: t["selection_loss"])
+    assert (fit["scaling"], fit["l2"]) == (winner["scaling"], winner["l2"])
+    from core.results.evaluate import load_run_model
+
+    variance = load_run_model(run).get_layer("head_bn").get_weights()[3]
+    edges = np.cumsum([0, *fit["blocks"]])
+    flat = [np.ptp(variance[a:b]) <= 1e-6 * max(1.0, abs(variance[a])) for a, b in zip(edges[:-1], edges[1:])]
+    assert all(flat) if fit["scaling"] == "per_block" else not any(flat)
+    assert len({round(float(variance[s]), 6) for s in edges[:-1]}) > 1  # not one global number either
     evaluation = run.read_evaluation()
     assert evaluation["split"] == "test" and evaluation["images"] == 80 and evaluation["accuracy"] > 0.6
     assert run.read_status()["state"] == "succeeded"
@@ -226,3 +241,168 @@ def test_out_of_fold_probabilities_are_handed_out_per_l2():
         assert probs.shape == (60, 3) and np.allclose(probs.sum(1), 1)
         plain = -np.log(np.clip(probs[np.arange(60), y], 1e-7, 1)).mean()
         assert plain == pytest.approx(trial.selection_loss, abs=1e-9)
+
+
+def test_per_block_scaling_divides_each_block_by_one_number_keeping_relative_scales_inside_it():
+    x, y = _blobs(20, 3, 12, 2.0, seed=7)
+    x[:, :4] *= np.array([10.0, 1.0, 0.1, 5.0])  # a block whose features differ in scale
+    variance = x.var(axis=0, dtype=np.float64)
+    head, _ = fit_head_cv(x, y, 3, 1e-3, grid=(0.1,), folds=3, scaling="per_block", blocks=(4, 8))
+    np.testing.assert_allclose(head.variance[:4], variance[:4].mean())
+    np.testing.assert_allclose(head.variance[4:], variance[4:].mean())
+    z = standardise(x.astype(np.float64), head.mean, head.variance, 1e-3)
+    np.testing.assert_allclose(z[:, :4].var(axis=0) / z[:, 0].var(), variance[:4] / variance[0], rtol=1e-9)
+    # The default is the plain per-feature standardisation; "global" is one number; blocks must cover the features.
+    plain, _ = fit_head_cv(x, y, 3, 1e-3, grid=(0.1,), folds=3)
+    np.testing.assert_allclose(plain.variance, variance)
+    np.testing.assert_allclose(headfit.scaling_variance(variance, "global"), variance.mean())
+    with pytest.raises(ValueError, match="add up"):
+        headfit.scaling_variance(variance, "per_block", (5, 8))
+    with pytest.raises(ValueError, match="unknown feature scaling"):
+        headfit.scaling_variance(variance, "per_stage")
+
+
+def test_fine_tuning_after_a_feature_fit_keeps_the_fitted_standardiser_frozen(tmp_path, small_dataset, monkeypatch):
+    """head_bn holds the fit's per-stage scales; trainable during fine-tuning it would normalise each batch per
+    feature instead, unlike what the kernel was fitted on. Fails if the trainer stops freezing it."""
+    from core.base.config import TrainConfig
+    from core.training import train
+
+    seen = []
+    original = train.Trainer._fit
+
+    def spy(self, model, phase, *args, **kwargs):
+        seen.append((phase, model.get_layer("head_bn").trainable))
+        return original(self, model, phase, *args, **kwargs)
+
+    monkeypatch.setattr(train.Trainer, "_fit", spy)
+    config = TrainConfig(data=str(small_dataset), image_size=64, finetune_epochs=1, augmentation="none")
+    run = train.run_training(config, models_dir=tmp_path / "models")
+    assert run.read_status()["state"] == "succeeded"
+    assert seen == [("finetune", False)]
+
+
+# ------------------------------------------------------------------- the scaling chosen with L2 (issue 28)
+def _quiet_signal(seed: int = 0, n: int = 40, noise: int = 30):
+    """One block: two informative features a hundred times quieter than thirty loud noise features. Divided by
+    the block's one scale ("per_block") they stay quiet, so the L2 penalty all but forbids them; "per_feature"
+    lifts them to unit variance and they are found."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(2), n)
+    signal = (y * 2.0 - 1.0)[:, None] + rng.normal(0, 0.7, (2 * n, 2))
+    return np.concatenate([0.01 * signal, rng.normal(0, 1.0, (2 * n, noise))], axis=1).astype(np.float32), y
+
+
+def _silent_noise(seed: int = 1, n: int = 30, noise: int = 400):
+    """One block: four loud informative features and 400 near-silent noise features (60 photos). Per-feature
+    standardisation lifts the noise to the signal's variance and the fit learns it; one scale for the block leaves
+    it near silent, as the penalty then prefers the features that carry the classes."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(2), n)
+    signal = (y * 2.0 - 1.0)[:, None] + rng.normal(0, 1.5, (2 * n, 4))
+    return np.concatenate([signal, 0.05 * rng.normal(0, 1.0, (2 * n, noise))], axis=1).astype(np.float32), y
+
+
+def _best(trials, scaling):
+    return min(t.selection_loss for t in trials if t.scaling == scaling)
+
+
+@pytest.mark.parametrize("make, expected", [(_quiet_signal, "per_feature"), (_silent_noise, "per_block")])
+def test_cross_validation_chooses_the_scaling_with_the_lower_out_of_fold_loss(make, expected):
+    x, y = make()
+    with single_threaded_blas():  # as the trainer fits (many small products)
+        head, trials = fit_head_cv(x, y, 2, 1e-3, folds=5, scaling=headfit.CHOSEN)
+        alone, alone_trials = fit_head_cv(x, y, 2, 1e-3, folds=5, scaling=expected)
+    other = next(s for s in headfit.CV_SCALINGS if s != expected)
+    assert head.scaling == expected
+    assert _best(trials, expected) < 0.8 * _best(trials, other)  # clearly better, not a coin toss
+    # Every scaling's grid was cross-validated, and the (scaling, L2) kept is the lowest of them all.
+    assert sorted((t.scaling, t.l2) for t in trials) == sorted(
+        (s, l2) for s in headfit.CV_SCALINGS for l2 in headfit.L2_GRID)
+    winner = min(trials, key=lambda t: t.selection_loss)
+    assert (head.scaling, head.l2) == (winner.scaling, winner.l2)
+    # The head carries the chosen scaling's variance (what head_bn is given): per block, one number.
+    variance = x.var(axis=0, dtype=np.float64)
+    np.testing.assert_allclose(head.variance, headfit.scaling_variance(variance, expected))
+    # On the same folds as a fit told that scaling: the same trials and the same refitted head, so the choice is
+    # only a choice (a fold assignment or warm start leaking across scalings would show here).
+    assert alone.l2 == head.l2 and alone.scaling == expected
+    mine = [t for t in trials if t.scaling == expected]
+    assert [t.selection_loss for t in mine] == pytest.approx([t.selection_loss for t in alone_trials], abs=1e-9)
+    np.testing.assert_allclose(head.kernel, alone.kernel, atol=1e-9)
+    np.testing.assert_allclose(head.bias, alone.bias, atol=1e-9)
+
+
+@pytest.mark.parametrize("make, expected", [(_quiet_signal, "per_feature"), (_silent_noise, "per_block")])
+def test_a_validation_folder_makes_the_same_choice(make, expected):
+    x, y = make()
+    held = np.arange(len(y)) % 4 == 0
+    with single_threaded_blas():
+        head, trials = headfit.fit_head(x[~held], y[~held], x[held], y[held], 2, 1e-3, scaling=headfit.CHOSEN)
+    assert head.scaling == expected and len(trials) == len(headfit.CV_SCALINGS) * len(headfit.L2_GRID)
+    assert (head.scaling, head.l2) == next((t.scaling, t.l2) for t in trials
+                                           if t.selection_loss == min(u.selection_loss for u in trials))
+    # Nothing held out: nothing to choose on, so the first scaling listed, one fit.
+    lone, lone_trials = headfit.fit_head(x, y, None, None, 2, 1e-3, scaling=headfit.CHOSEN)
+    assert lone.scaling == headfit.CV_SCALINGS[0] and len(lone_trials) == 1
+
+
+def test_the_choice_is_deterministic_and_its_out_of_fold_probabilities_are_the_chosen_scalings():
+    x, y = _quiet_signal(seed=3)
+    first_oof, second_oof, alone_oof = {}, {}, {}
+    with single_threaded_blas():  # the same threads for both runs: results equal to the last bit
+        first, first_trials = fit_head_cv(x, y, 2, 1e-3, folds=4, seed=2, scaling=headfit.CHOSEN,
+                                          out_of_fold=first_oof)
+        second, second_trials = fit_head_cv(x, y, 2, 1e-3, folds=4, seed=2, scaling=headfit.CHOSEN,
+                                            out_of_fold=second_oof)
+        fit_head_cv(x, y, 2, 1e-3, folds=4, seed=2, scaling=first.scaling, out_of_fold=alone_oof)
+    assert (first.scaling, first.l2) == (second.scaling, second.l2)
+    assert [(t.scaling, t.l2, t.selection_loss) for t in first_trials] == \
+        [(t.scaling, t.l2, t.selection_loss) for t in second_trials]
+    np.testing.assert_array_equal(first.kernel, second.kernel)
+    assert set(first_oof) == set(headfit.L2_GRID)
+    for l2, probs in alone_oof.items():
+        np.testing.assert_allclose(first_oof[l2], probs, atol=1e-12)
+
+
+def test_progress_counts_every_scalings_fits_and_the_refit():
+    x, y = _blobs(15, 2, 6, 1.0, seed=14)
+    seen, within = [], set()
+    grid = (0.01, 0.1, 1.0)
+    head, trials = fit_head_cv(x, y, 2, 1e-3, grid=grid, folds=3, scaling=headfit.CHOSEN,
+                               on_trial=lambda t, i, n: seen.append((t.scaling, i, n)) is None,
+                               on_iteration=lambda i, f: within.add(i) is None)
+    total = len(headfit.CV_SCALINGS) * len(grid) + 1
+    assert [i for _, i, _ in seen] == list(range(total - 1)) and {n for _, _, n in seen} == {total}
+    # one scaling's whole grid, then the next
+    assert [s for s, _, _ in seen] == [s for s in headfit.CV_SCALINGS for _ in grid]
+    assert max(within) == total - 1  # the refit reports as the last unit of work
+    # A stop inside the second scaling's grid still refits the best so far; a stop inside the refit keeps a head.
+    stopped, stopped_trials = fit_head_cv(x, y, 2, 1e-3, grid=grid, folds=3, scaling=headfit.CHOSEN,
+                                          on_trial=lambda t, i, n: i < len(grid))
+    assert len(stopped_trials) == len(grid) + 1 and stopped is not None
+    assert (stopped.scaling, stopped.l2) == next((t.scaling, t.l2) for t in stopped_trials if t.selection_loss ==
+                                                 min(u.selection_loss for u in stopped_trials))
+    kept, _ = fit_head_cv(x, y, 2, 1e-3, grid=grid, folds=3, scaling=headfit.CHOSEN,
+                          on_iteration=lambda i, f: i < total - 1)
+    assert kept is not None
+
+
+def test_the_training_plan_counts_a_fit_per_scaling_and_l2():
+    from core.base import progress
+    from core.base.config import TrainConfig
+    from core.training.train import training_plan
+
+    config = TrainConfig(data="unused")
+    for cross_validated, refit in ((True, 1), (False, 0)):
+        plan = training_plan(config, {"train": 100, "val": 20}, 0, cross_validated=cross_validated)
+        (fits,) = [p.total for p in plan if p.name == progress.HEAD_FIT]
+        scalings = len(headfit.scaling_candidates(headfit.RECIPE_SCALING))
+        assert fits == scalings * len(headfit.L2_GRID) + refit
+
+
+def test_unknown_scalings_are_refused_by_name():
+    assert headfit.scaling_candidates(headfit.CHOSEN) == headfit.CV_SCALINGS
+    assert headfit.scaling_candidates("global") == ("global",)
+    with pytest.raises(ValueError, match="unknown feature scaling 'per_stage'"):
+        fit_head_cv(*_blobs(5, 2, 3, 1.0, seed=0), 2, 1e-3, scaling="per_stage")

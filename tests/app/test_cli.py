@@ -165,7 +165,9 @@ def test_a_stop_before_any_head_is_trained_saves_no_model_and_says_so(tmp_path, 
     status = run.read_status()
     assert status["state"] == "stopped" and status["stopped_in"] == "prepare"
     assert not run.has_model() and run.read_evaluation() is None
-    assert [m["phase"] for m in run.read_metrics() if m["kind"] == "phase"] == ["prepare"]
+    # nothing after the first phase ran; its own line is there only when it ended before the ticker's hard stop
+    # (HARD_STOP_GRACE), which a loaded machine can miss (CI-like run, 2026-12-07)
+    assert [m["phase"] for m in run.read_metrics() if m["kind"] == "phase"] in ([], ["prepare"])
     from core.training import jobs
 
     view = jobs.run_view(run)

@@ -96,6 +96,30 @@ def test_the_best_checkpoint_is_kept_across_the_head_and_fine_tuning(tmp_path: P
     assert evaluation["split"] == "val" and evaluation["accuracy"] == pytest.approx(accuracy, abs=1e-6)
 
 
+@pytest.mark.parametrize("finetune_lr", [0.5, 1e-3])
+def test_best_keeps_the_fitted_head_or_a_fine_tuned_epoch_by_the_same_loss_on_the_same_photos(
+        tmp_path: Path, two_flowers: Path, finetune_lr: float) -> None:
+    """The Best preset (exact head fit, then fine-tuning): the head is scored on the validation photos with the
+    loss fine-tuning is scored by, and the run keeps whichever is lower: at a rate that wrecks the network, the head;
+    at a sane one, whichever won. It once compared the head's out-of-fold loss (other photos, no label smoothing)
+    with the epochs' validation loss, so a fine-tuned epoch could almost never be kept."""
+    flat = tmp_path / "flat"  # class folders only: the head's L2 is cross-validated, validation photos are carved
+    for cls in CLASSES:
+        for part in ("train", "val"):
+            shutil.copytree(two_flowers / part / cls, flat / cls, dirs_exist_ok=True)
+    config = TrainConfig.from_dict({"data": str(flat), "preset": "best", "finetune_epochs": 2,
+                                    "finetune_lr": finetune_lr, "image_size": 64, "batch_size": 16,
+                                    "augmentation": "none", "seed": 2})
+    run = run_training(config, models_dir=tmp_path / "models")
+    (head,) = [m for m in run.read_metrics() if m["kind"] == "head_on_validation"]
+    finetuned = [m["val_loss"] for m in epochs_of(run) if m["phase"] == "finetune" and math.isfinite(m["val_loss"])]
+    assert finetuned, "no fine-tuning epoch ran"
+    loss, _ = saved_model_validation_loss(run, config.label_smoothing)
+    assert loss == pytest.approx(min([head["val_loss"], *finetuned]), rel=1e-3, abs=1e-4)
+    if finetune_lr == 0.5:
+        assert min(finetuned) > head["val_loss"] and loss == pytest.approx(head["val_loss"], rel=1e-3, abs=1e-4)
+
+
 def replay_keras_schedule(val_losses: list[float], stop_patience: int, lr_patience: int, learning_rate: float
                           ) -> tuple[int, list[float]]:
     """What Keras' EarlyStopping and ReduceLROnPlateau (factor 0.5, min_delta 1e-4, min_lr 1e-7), as the recipe

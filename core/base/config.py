@@ -289,7 +289,7 @@ class TrainConfig:
         """The same settings for another backbone (an experiment pair: pretrained against from scratch). A setting
         left at the old backbone's default takes the new one's (weights, head_mode, ...); one set by hand is kept,
         and validate() refuses it if it contradicts the new backbone."""
-        old, new = all_defaults(self.backbone), all_defaults(backbone)
+        old, new = all_defaults(self.backbone, self.preset), all_defaults(backbone, self.preset)
         values = self.to_dict()
         changed = {key: new[key] for key in set(backbone_defaults(self.backbone)) | set(backbone_defaults(backbone))
                    if values[key] == old[key]}
@@ -376,9 +376,10 @@ def backbone_defaults(backbone: str) -> dict[str, Any]:
     return dict(SCRATCH_DEFAULTS) if spec is not None and spec.from_scratch else {}
 
 
-def all_defaults(backbone: str) -> dict[str, Any]:
-    """Every setting's default for this backbone (what a form should start from)."""
-    return {**TrainConfig().to_dict(), **backbone_defaults(backbone), "backbone": backbone}
+def all_defaults(backbone: str, preset: str = TrainConfig.preset) -> dict[str, Any]:
+    """Every setting's default for this backbone under `preset` (what a form should start from)."""
+    return {**TrainConfig().to_dict(), **preset_settings(preset, backbone), **backbone_defaults(backbone),
+            "backbone": backbone, "preset": preset}
 
 
 def read_config_file(path: Path | str) -> dict[str, Any]:

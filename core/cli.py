@@ -148,12 +148,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         values["data"] = str(_unpacked(values["data"], args.display))
     if args.preset is not None:
         values["preset"] = args.preset
-    accelerator = None
-    if "preset" not in values:  # the device's default: Best on a GPU, Quick on a CPU
-        TrainConfig.from_dict(values)  # every setting checked before the backend is imported to ask for the device
-        from core.network.device import detect_device
+    from core.network.device import accelerator_hint
 
-        accelerator = detect_device().accelerator
+    accelerator = accelerator_hint()  # the driver's word: the backend must not start before training sets it up
+    if "preset" not in values:  # the device's default: Best on a GPU, Quick on a CPU
         values["preset"] = default_preset(accelerator)
     config = TrainConfig.from_dict(values)
     from core.data.augment import resolve_spec
@@ -177,15 +175,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _preset_note(config: Any, accelerator: str | None, runs_dir: Path) -> str:
+def _preset_note(config: Any, accelerator: str, runs_dir: Path) -> str:
     """'Preset quick: <what it does>. Expected: about 1:05 (...)', said before the run starts."""
     from core.base.config import PRESET_SUMMARIES
     from core.training.estimate import estimate_run, planned_counts
 
-    if accelerator is None:
-        from core.network.device import detect_device
-
-        accelerator = detect_device().accelerator
     counts, cross_validated = planned_counts(config, accelerator)
     estimate = estimate_run(config, counts, accelerator, runs_dir, cross_validated=cross_validated)
     return f"Preset {config.preset}: {PRESET_SUMMARIES[config.preset]} Expected on this {accelerator.upper()}: " \

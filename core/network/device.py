@@ -134,6 +134,13 @@ def gpu_memory_from_nvidia_smi() -> list[dict]:
     return rows
 
 
+def accelerator_hint() -> str:
+    """"gpu" when the driver lists a GPU, else "cpu", without importing or initialising the backend: the command
+    line picks its default preset with it before training starts, and JAX refuses to join a cluster of several
+    processes once any call has initialised its backend (jax.distributed.initialize)."""
+    return "gpu" if gpu_memory_from_nvidia_smi() else "cpu"
+
+
 def cpu_summary() -> dict:
     """Cores and memory of this machine (Linux /proc; cores only elsewhere)."""
     memory_mb = None

@@ -275,5 +275,6 @@ def head_fit_caption(epochs: list[dict]) -> str:
                 "The grid runs once per way of scaling the features (each pooled stage as one, then each feature on "
                 "its own), so the strengths repeat. The pair with the lowest out-of-fold loss without label "
                 "smoothing is then refitted on all photos: that last fit is the model kept.")
-    return ("Phase 1 fits the head exactly on cached features, once per L2 strength and way of scaling the features; "
-            "each point is one fit, and the one with the lowest validation loss (without label smoothing) is kept.")
+    return ("Phase 1 fits the head exactly on cached features, once per L2 strength (weakest first) and way of "
+            "scaling the features; each point is one fit, and the one with the lowest validation loss (without label "
+            "smoothing) is kept.")

@@ -33,10 +33,12 @@ def _train(models: Path, flowers: Path, devices: int, backend: str = "tensorflow
 
 STEPWISE = Path(__file__).with_name("stepwise.py")
 # Largest relative difference allowed between the weight updates of 1 device and of 2 (||u1 - u2|| / ||u1||) after a
-# step: measured at most 2e-5 in the head phase and 0.4% after 10 fine-tuning steps (float sums in another order).
-# A reduction that drops or double-counts one replica's gradients, per-replica BatchNorm statistics, a batch order
+# step: measured at most 2e-5 in the head phase and 0.4% after 10 fine-tuning steps (float sums in another order);
+# since stages 4 and 5 are pooled with the top (issue 28), 2.4-3.0% for one depthwise kernel of stage 6 after 10
+# fine-tuning steps on TensorFlow (Adam magnifies the order of float sums where a gradient is near zero). A
+# reduction that drops or double-counts one replica's gradients, per-replica BatchNorm statistics, a batch order
 # that differs, or a learning rate not scaled with the replicas each measured 30% or more.
-STEP_TOLERANCE = 0.02
+STEP_TOLERANCE = 0.06
 
 
 def _stepwise_pair(folder: Path, flowers: Path, backend: str) -> list[tuple[dict[str, np.ndarray], RunDir]]:

@@ -2,6 +2,8 @@
 
 import streamlit as st
 
+from core import StudioError
+from core.base.workspace import check_server_settings
 from core.serving import profile
 from pages._session import run_in_shell
 from pages._sidebar import sidebar
@@ -18,6 +20,11 @@ page = st.navigation([
     st.Page("pages/classify.py", title="Classify", icon=":material/image_search:"),
     st.Page("pages/workspace.py", title="Workspace", icon=":material/inventory_2:"),
 ])
+try:
+    check_server_settings()  # settings that contradict each other stop every page, before anything is shown
+except StudioError as err:
+    st.error(str(err), icon=":material/block:")
+    st.stop()
 # The Train page draws the active run's progress itself, so there the sidebar names the run without a second,
 # separately refreshed progress bar that could disagree with it for a moment.
 sidebar(live_progress=page.url_path != "train")

@@ -106,6 +106,27 @@ def finished_line(record: Record, seconds: float) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- the display
+FALLBACK_SHAPE = (80, 24)
+
+
+def screen_shape(stream: Any) -> tuple[int, int]:
+    """(columns - 1, lines - 1) of the terminal `stream` writes to, as tqdm uses them. A pseudo-terminal with no
+    size set (under `script`, some container runtimes) reports 0 × 0, which tqdm turns into bars -1 wide: blank
+    lines. Then $COLUMNS / $LINES, else 80 × 24, as `shutil.get_terminal_size` does for stdout."""
+    try:
+        columns, lines = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # not a terminal, no file number, or closed
+        columns, lines = 0, 0
+    columns = columns if columns > 0 else _positive_env("COLUMNS") or FALLBACK_SHAPE[0]
+    lines = lines if lines > 0 else _positive_env("LINES") or FALLBACK_SHAPE[1]
+    return columns - 1, lines - 1
+
+
+def _positive_env(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def _tqdm_class() -> type:
     """tqdm with a field of our own in its line, `info`: count, rate and time left as the record has them (tqdm's
     own would be measured from the calls to it, and disagree with the app)."""
@@ -114,7 +135,10 @@ def _tqdm_class() -> type:
     class RecordBar(tqdm):
         def __init__(self, *args: Any, info: str = "", **kwargs: Any):
             self.info = info  # before tqdm draws the first line
+            stream = kwargs.get("file")
+            kwargs.update(ncols=screen_shape(stream)[0], dynamic_ncols=False)  # tqdm's own reads 0 as -1
             super().__init__(*args, **kwargs)
+            self.dynamic_ncols = screen_shape  # re-read on each draw, so a resized window redraws to fit
 
         @property
         def format_dict(self) -> dict[str, Any]:

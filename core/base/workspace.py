@@ -51,8 +51,17 @@ def workspace_dir() -> Path:
 
 
 def shared_workspace() -> bool:
-    """True when STUDIO_SHARED_WORKSPACE asks every session to share the root workspace."""
-    return os.environ.get(SHARED_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    """True when STUDIO_SHARED_WORKSPACE asks every session to share the root workspace.
+
+    Refused on a public demo: one shared folder has no per-visitor quota and shows every visitor what the others
+    uploaded, so STUDIO_HOSTED=1 with STUDIO_SHARED_WORKSPACE=1 would silently undo what hosted mode promises.
+    """
+    shared = _flag(SHARED_ENV)
+    if shared and hosted_mode():
+        raise StudioError(f"{HOSTED_ENV}=1 and {SHARED_ENV}=1 cannot be set together: a hosted demo gives each "
+                          f"visitor a workspace of their own, with a quota; one shared workspace would let visitors "
+                          f"see and delete each other's photos and runs. Unset {SHARED_ENV} on a public demo.")
+    return shared
 
 
 def _flag(name: str) -> bool:
@@ -87,6 +96,14 @@ def idle_seconds_allowed() -> float | None:
     """How long an untouched session folder is kept: STUDIO_IDLE_HOURS, 24 h by default in hosted mode."""
     hours = _env_number(IDLE_ENV, HOSTED_IDLE_HOURS if hosted_mode() else None)
     return None if hours is None else hours * 3600
+
+
+def check_server_settings() -> None:
+    """Raise StudioError, naming the variable, for workspace settings a server must not start with: hosted and
+    shared together, a quota or idle time that is not a positive number. The app calls it before drawing anything."""
+    shared_workspace()
+    visitor_quota_bytes()
+    idle_seconds_allowed()
 
 
 def folder_bytes(folder: Path) -> int:

@@ -145,6 +145,47 @@ def test_train_on_a_pipe_prints_the_folder_alone_and_one_plain_line_per_phase(pi
     assert not LIBRARY_NOISE.search(result.stderr), result.stderr
 
 
+def _read_waiting(fd: int) -> str:
+    """What is on the terminal now (empty when nothing was drawn; never blocks the test)."""
+    import select
+
+    screen = b""
+    while select.select([fd], [], [], 0.5)[0]:
+        screen += os.read(fd, 65536)
+    return screen.decode("utf-8", "replace")
+
+
+def test_a_terminal_that_reports_no_size_gets_80_columns_not_blank_lines(monkeypatch) -> None:
+    """A pseudo-terminal with no size set (as under `script` or some container runtimes) reports 0 columns; tqdm
+    would draw its bars -1 wide. The bar falls back to $COLUMNS, else 80."""
+    import pty
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    main, secondary = pty.openpty()  # a new pty has a 0 x 0 window
+    assert os.get_terminal_size(secondary).columns == 0
+    with os.fdopen(secondary, "w", encoding="utf-8", closefd=True) as stream:
+        clock = FakeClock()
+        display = Display(stream, BAR, clock=clock)
+        stages = two_stages(display, clock)
+        stages("decode", 0, 400)
+        clock.now = 4
+        stages("decode", 100, 400)
+        stream.flush()
+        screen = _read_waiting(main)
+        drawn = [line for line in re.split(r"[\r\n]+", screen) if line.strip()]
+        assert drawn and all("1/2 Decoding images" in line for line in drawn), screen
+        assert re.search(r"100/400 images", screen) and "█" in screen, screen
+        assert max(len(line.rstrip()) for line in drawn) <= 79, drawn
+        monkeypatch.setenv("COLUMNS", "50")
+        clock.now = 8
+        stages("decode", 200, 400)
+        stream.flush()
+        later = [line for line in re.split(r"[\r\n]+", _read_waiting(main)) if line.strip()]
+        assert later and max(len(line.rstrip()) for line in later) <= 49, later
+        display.close()
+    os.close(main)
+
+
 def _pty_run(args: list[str], columns: int = 120) -> tuple[int, str, str]:
     """`python -m core ARGS` with stderr on a pseudo-terminal of `columns` and stdout on a pipe."""
     import fcntl

@@ -228,3 +228,29 @@ def test_a_hand_edited_state_file_does_not_break_the_data_page(tmp_path, monkeyp
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.slider(key="val_fraction").value == 0.2
+
+
+def test_a_hosted_demo_refuses_one_shared_workspace_on_every_page(hosted, monkeypatch):
+    """STUDIO_HOSTED=1 with STUDIO_SHARED_WORKSPACE=1 would drop the quota and show visitors each other's data:
+    refused with a message naming both settings, on every page, and nothing is written to the shared root."""
+    from core.base.workspace import shared_workspace
+
+    monkeypatch.setenv("STUDIO_SHARED_WORKSPACE", "1")
+    monkeypatch.setattr("core.network.device.detect_device", lambda: DeviceInfo("tensorflow", "cpu", "CPU only", 1))
+    monkeypatch.setattr("core.data.samples.is_online", lambda *a, **k: False)
+    with pytest.raises(StudioError, match="STUDIO_HOSTED=1 and STUDIO_SHARED_WORKSPACE=1 cannot be set together"):
+        shared_workspace()
+    with pytest.raises(StudioError, match="Unset STUDIO_SHARED_WORKSPACE"):
+        Workspace.for_session(new_session_id())
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    for page in PAGES:
+        at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        errors = " ".join(e.value for e in at.error)
+        assert "cannot be set together" in errors, (page, errors)
+    assert not (hosted / "state.json").exists() and not (hosted / "datasets").exists()
+    monkeypatch.delenv("STUDIO_HOSTED")
+    assert shared_workspace()  # a private server may still share one folder between its tabs

@@ -119,7 +119,7 @@ def test_train_page_offers_only_what_a_visitor_may_start_and_queues_behind_anoth
 
     root = tmp_path / "ws"
     monkeypatch.setenv("STUDIO_WORKSPACE", str(root))
-    monkeypatch.setenv("STUDIO_SHARED_WORKSPACE", "1")
+    monkeypatch.delenv("STUDIO_SHARED_WORKSPACE", raising=False)  # refused with STUDIO_HOSTED: each visitor their own
     monkeypatch.setenv("STUDIO_HOSTED", "1")
     monkeypatch.setenv("STUDIO_DEMO_DIR", str(tmp_path / "demo"))
     monkeypatch.setattr("core.network.device.detect_device", lambda: DeviceInfo("tensorflow", "cpu", "CPU only", 1))
@@ -146,7 +146,7 @@ def test_train_page_offers_only_what_a_visitor_may_start_and_queues_behind_anoth
         bars = [p.proto.text for p in at.get("progress")]
         assert any(b.startswith("Waiting for the training slot: next, starts in about") for b in bars), bars
         assert busy.run_id not in texts(at) + " ".join(bars)
-        (queued,) = [p for p in (root / "runs").iterdir() if p.is_dir()]
+        (queued,) = [p for p in root.glob("sessions/*/runs/*") if p.is_dir() and p.name != busy.run_id]
         assert jobs.run_view(RunDir(queued)).queue.position == 1
         sidebar = [m.value for m in at.sidebar.markdown]
         assert any("**waiting for the slot**" in v for v in sidebar), sidebar  # the sidebar agrees with the page

@@ -85,6 +85,23 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in [
 ]}
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
+# Activations per image against EfficientNet-B0's at the same pixels: the sum of every layer's output size of the
+# base, which is what fine-tuning keeps for the backward pass and what bounds a GPU's batch
+# (core.network.device.choose_batch_size). Measured at 224 px with core.network.model.activation_elements
+# (2026-12-07; B0 = 25.1 M elements per image); tests/network/test_gpu_path.py recomputes Lite0's and B1's.
+ACTIVATIONS_VS_B0: dict[str, float] = {
+    "efficientnet_lite0": 0.81, "efficientnet_lite1": 1.06, "efficientnet_lite2": 1.11,
+    "efficientnet_b0": 1.0, "efficientnet_b1": 1.37, "efficientnet_b2": 1.44, "efficientnet_b3": 1.9,
+    "efficientnet_b4": 2.47, "efficientnet_b5": 3.38, "efficientnet_b6": 4.32, "efficientnet_b7": 5.77,
+    "efficientnet_v2_b0": 0.64, "efficientnet_v2_b1": 0.85, "efficientnet_v2_b2": 0.92, "efficientnet_v2_b3": 1.15,
+    "efficientnet_v2_s": 1.67,
+}
+
+
+def activation_ratio(name: str) -> float:
+    """The backbone's activations per image against B0's (1.0 where not measured, e.g. the small baseline CNN)."""
+    return ACTIVATIONS_VS_B0.get(name, 1.0)
+
 
 def get_backbone(name: str) -> Backbone:
     """Look a backbone up by name; unknown names fail with the list and a suggestion."""

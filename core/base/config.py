@@ -32,7 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 PRESET_SUMMARIES = {
     "quick": "Fits a linear classifier on the frozen network's features of every photo: minutes on a CPU.",
-    "best": "Then fine-tunes the network's top stages on augmented photos and keeps whichever model does better "
+    "best": "Fits the same classifier, then fine-tunes the network's top stages on augmented photos and keeps whichever model does better "
             "on held-out photos: several times slower; it pays most on a GPU, where it can train longer.",
 }
 

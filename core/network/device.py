@@ -24,11 +24,35 @@ def keras_backend() -> str:
     return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
+SIMULATE_GPU_ENV = "STUDIO_SIMULATE_GPU"
+SIMULATED_CAPABILITY = (9, 0)  # an H100's: bfloat16, the policy a current GPU gets
+
+
+def simulated_gpu(backend: str) -> DeviceInfo | None:
+    """The test switch for the GPU path: STUDIO_SIMULATE_GPU=MEMORY_MB makes this process take every decision a
+    GPU of that memory gets (mixed bfloat16, XLA, the batch and learning-rate rules, loader workers, Best by
+    default, the compile note) while computing on the CPU, so the configuration a GPU runs is tested end to end
+    without one. With STUDIO_CPU_DEVICES=N it is N such devices. Not for real training: slower than the CPU path."""
+    value = os.environ.get(SIMULATE_GPU_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) <= 0:
+        from core import StudioError
+
+        raise StudioError(f"{SIMULATE_GPU_ENV}={value!r} must be the simulated GPU's memory in MB, e.g. 2000.")
+    count = max(1, int(os.environ.get("STUDIO_CPU_DEVICES", "1") or 1))
+    return DeviceInfo(backend, "gpu", "simulated GPU (computing on the CPU)", count, SIMULATED_CAPABILITY,
+                      int(value))
+
+
 def detect_device() -> DeviceInfo:
     """Ask the active Keras backend which accelerators it sees (imports the backend)."""
     import keras
 
     backend = keras.backend.backend()
+    simulated = simulated_gpu(backend)
+    if simulated is not None:
+        return simulated
     if backend == "jax":
         import jax
 
@@ -78,26 +102,51 @@ def precision_policy(setting: str, device: DeviceInfo) -> str:
 
 # Fine-tuning memory per image at 224 px (activations kept for the backward pass; EfficientNet-B0-sized, top stages
 # and head trainable): about 40 MB in float32 and 22 MB under mixed precision, from the commonly quoted B0 batch of
-# 256 at 224 px fitting a 16 GB GPU with AMP and 128 without. It grows with the pixels; 60% of the device's memory
-# is budgeted, leaving room for weights, optimizer state, XLA's workspace and fragmentation.
+# 256 at 224 px fitting a 16 GB GPU with AMP and 128 without. It grows with the pixels and with the backbone's
+# activations per pixel (core.base.backbones.Backbone.activation_ratio); 60% of the device's memory is budgeted,
+# leaving room for weights, optimizer state, XLA's workspace and fragmentation.
 MB_PER_IMAGE_224 = {"float32": 40.0, "mixed_float16": 22.0, "mixed_bfloat16": 22.0}
 CPU_BATCH = 32
 GPU_BATCH_WITHOUT_MEMORY = 64
+MIN_BATCH, MAX_BATCH = 16, 512
+# Steps an epoch should have at least: a 750-photo set in batches of 512 would take 2 steps per epoch, too few
+# for fine-tuning to move (and for early stopping to mean anything), so small sets get smaller batches on a GPU.
+MIN_STEPS_PER_EPOCH = 16
 
 
-def choose_batch_size(device: DeviceInfo, image_size: int, policy: str) -> int:
+def choose_batch_size(device: DeviceInfo, image_size: int, policy: str, activation_ratio: float = 1.0,
+                      train_images: int | None = None, replicas: int = 1) -> int:
     """Images per device per step when the config leaves it on auto: 32 on a CPU (throughput barely changes
-    with batch size there); on a GPU the largest power of two whose activations fit 60% of its memory, 16..512."""
+    with batch size there); on a GPU the largest power of two, 16..512, whose activations fit 60% of its memory
+    (activation_ratio: the backbone's activations per pixel against B0's), and no larger than leaves an epoch of
+    `train_images` over `replicas` devices MIN_STEPS_PER_EPOCH steps."""
     if device.accelerator != "gpu":
         return CPU_BATCH
     if not device.memory_mb:
-        return GPU_BATCH_WITHOUT_MEMORY
-    per_image = MB_PER_IMAGE_224.get(policy, MB_PER_IMAGE_224["float32"]) * (image_size / 224) ** 2
-    fits = int(0.6 * device.memory_mb / per_image)
-    batch = 16
-    while batch * 2 <= min(fits, 512):
+        fits = GPU_BATCH_WITHOUT_MEMORY
+    else:
+        per_image = MB_PER_IMAGE_224.get(policy, MB_PER_IMAGE_224["float32"]) * (image_size / 224) ** 2 \
+            * max(activation_ratio, 0.1)
+        fits = int(0.6 * device.memory_mb / per_image)
+    if train_images:
+        fits = min(fits, train_images // (MIN_STEPS_PER_EPOCH * max(replicas, 1)))
+    batch = MIN_BATCH
+    while batch * 2 <= min(fits, MAX_BATCH):
         batch *= 2
     return batch
+
+
+# The batch the learning rates of the recipe were chosen at (on a CPU, issue 28's Best and the defaults).
+REFERENCE_BATCH = 32
+
+
+def learning_rate_scale(global_batch: int, optimizer: str) -> float:
+    """How much a learning rate chosen at REFERENCE_BATCH grows when the global batch grows: linearly for SGD
+    (Goyal et al. 2017, "Accurate, large minibatch SGD"), by the square root for Adam (Malladi et al. 2022, "On the
+    SDEs and scaling rules for adaptive gradient algorithms"; linear scaling overshoots with adaptive steps). Never
+    below 1: a smaller batch keeps the chosen rate. The trainer warms the scaled rate up over the first epoch."""
+    ratio = max(global_batch / REFERENCE_BATCH, 1.0)
+    return ratio if optimizer == "sgd" else ratio ** 0.5
 
 
 def loader_workers(device: DeviceInfo) -> int:
@@ -106,9 +155,24 @@ def loader_workers(device: DeviceInfo) -> int:
     return max(2, min(8, os.cpu_count() or 2)) if device.accelerator == "gpu" else 1
 
 
-def use_xla(setting: str, device: DeviceInfo) -> bool:
-    """XLA pays off on GPU; on CPU it mostly adds compile time, so it is off there unless asked for."""
+def use_xla(setting: str, device: DeviceInfo, strategy: str = "single") -> bool:
+    """XLA pays off on GPU; on CPU it mostly adds compile time, so it is off there unless asked for. Under
+    TensorFlow's MirroredStrategy it stays off even when asked for: Keras turns it off there itself on "auto"
+    (keras-team/keras#18716, #19005), and forced on, the first step fails: "Trying to access resource
+    conv2d/kernel/replica_1 ... located in device CPU:1 from device CPU:0" (XLA's known issue with variables on
+    another device; measured on 2 logical CPU devices, TensorFlow 2.21, docs/benchmarks.md). JAX's data parallelism
+    compiles with XLA in any case."""
+    if strategy == "mirrored":
+        return False
     return setting == "on" or (setting == "auto" and device.accelerator == "gpu")
+
+
+def xla_note(setting: str, device: DeviceInfo, strategy: str) -> str:
+    """Why XLA is off when it would otherwise be on (for the run's record and the log); empty when it is not."""
+    if strategy == "mirrored" and use_xla(setting, device):
+        return ("XLA off: TensorFlow's MirroredStrategy over several devices trains without it (Keras turns it off "
+                "there, keras-team/keras#18716); KERAS_BACKEND=jax compiles several devices with XLA.")
+    return ""
 
 
 # ----------------------------------------------------------------------------------------- doctor
@@ -138,7 +202,7 @@ def accelerator_hint() -> str:
     """"gpu" when the driver lists a GPU, else "cpu", without importing or initialising the backend: the command
     line picks its default preset with it before training starts, and JAX refuses to join a cluster of several
     processes once any call has initialised its backend (jax.distributed.initialize)."""
-    return "gpu" if gpu_memory_from_nvidia_smi() else "cpu"
+    return "gpu" if os.environ.get(SIMULATE_GPU_ENV, "").strip() or gpu_memory_from_nvidia_smi() else "cpu"
 
 
 def cpu_summary() -> dict:

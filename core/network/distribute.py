@@ -148,10 +148,37 @@ def prepare_devices() -> None:
     cluster = refuse_unsupported_cluster(keras.backend.backend())
     if cluster is not None:
         join_cluster(cluster)
-    if keras.backend.backend() == "tensorflow" and int(os.environ.get(CPU_DEVICES_ENV, "0") or 0) > 1:
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        _virtual_cpus(tf)
+        allow_memory_growth(tf)
+        if int(os.environ.get(CPU_DEVICES_ENV, "0") or 0) > 1:
+            _virtual_cpus(tf)
+
+
+def share_gpu_memory() -> None:
+    """allow_memory_growth for processes that load models outside the trainer: the server (Classify, heatmaps,
+    evaluation) and the health check."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        allow_memory_growth(tf)
+
+
+def allow_memory_growth(tf: Any) -> list[str]:
+    """Each GPU's memory taken as it is used, not all at start (TensorFlow's default), so a trainer, a health check
+    and the server's loaded models share one GPU. core/__init__ sets TF_FORCE_GPU_ALLOW_GROWTH for the same reason;
+    this covers a process whose environment overrode it. Returns the GPUs it applied to."""
+    applied = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError):  # already initialised: its setting is fixed for this process
+            continue
+        applied.append(gpu.name)
+    return applied
 
 
 def data_parallel(enabled: bool = True) -> Parallelism:

@@ -217,3 +217,15 @@ def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: in
         half = len(probs) // 2
         probs = (probs[:half] + probs[half:]) / 2.0
     return probs
+
+
+def activation_elements(backbone: str, image_size: int = 224) -> int:
+    """Elements of every layer's output in the backbone's base for one image (random weights: only the shapes
+    count), which is what fine-tuning keeps for the backward pass; core.base.backbones.ACTIVATIONS_VS_B0 holds
+    them against B0's."""
+    import math
+
+    from core.base.backbones import create_backbone
+
+    base = create_backbone(backbone, image_size, weights=None)
+    return sum(math.prod(d for d in layer.output.shape[1:] if d) for layer in base.layers)

@@ -21,8 +21,11 @@ def load_run_model(run: RunDir):
     """Load model.keras with Keras safe mode (no arbitrary code from the file)."""
     import keras
 
+    from core.network.distribute import share_gpu_memory
+
     if not run.has_model():
         raise StudioError(f"Run {run.run_id} has no {MODEL} yet; wait for its first validated epoch.")
+    share_gpu_memory()
     return keras.saving.load_model(run.file(MODEL), compile=False, safe_mode=True)
 
 

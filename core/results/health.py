@@ -252,8 +252,11 @@ def health_report(data: str | Path, backbone: str | None = None, image_size: int
     dataset, applied = apply_overrides(scanned, resolve_file(overrides, scanned.root))
     if not dataset.report.trainable:
         raise StudioError(" ".join(dataset.report.errors))
+    from core.network.distribute import share_gpu_memory
+
     backbone = backbone or DEFAULT_BACKBONE
     size = int(image_size or get_backbone(backbone).recipe_size)
+    share_gpu_memory()  # beside a trainer and the server on one GPU
     # Features of every scanned photo (the cached pass stays valid whatever is excluded), then the kept rows.
     features, (layouts, colours), seconds = pooled_features(scanned, backbone, size,
                                                             Path(cache_dir or default_cache_dir()), on_progress)

@@ -194,7 +194,9 @@ class Trainer:
         """Device, precision, parallelism; config.json, classes.json and split.json. Returns fine-tune epochs and
         the split as the recipe uses it (split_for_recipe)."""
         from core.data.augment import build_pipeline, check_output_size, resolve_spec
-        from core.network.device import detect_device, precision_policy, use_xla
+        from core.base.backbones import activation_ratio
+        from core.network.device import (choose_batch_size, detect_device, learning_rate_scale, loader_workers,
+                                         precision_policy, use_xla, xla_note)
 
         config = self.config
         prepare_devices()
@@ -202,15 +204,21 @@ class Trainer:
         device = detect_device()
         policy = precision_policy(config.mixed_precision, device)
         keras.config.set_dtype_policy(policy)
-        self.jit = use_xla(config.xla, device)
-        from core.network.device import choose_batch_size, loader_workers
-
         self.parallel = data_parallel(config.data_parallel)
         replicas = self.parallel.replicas
+        self.jit = use_xla(config.xla, device, self.parallel.kind)
+        self.compiles_slowly = self.jit or device.accelerator == "gpu"  # the first steps compile (XLA, kernels)
         self.size = config.resolved_image_size
-        # batch_size is per device (auto: from the device's memory); the linear scaling rule keeps the
-        # per-example step size the same.
-        self.per_device_batch = config.batch_size or choose_batch_size(device, self.size, policy)
+        finetune_epochs = config.resolved_finetune_epochs(device.accelerator)
+        if config.head_epochs == 0 and finetune_epochs == 0:
+            raise StudioError(f"Nothing to train: head_epochs is 0 and fine-tuning on a {device.accelerator.upper()} "
+                              "is 0 epochs by default; set head_epochs above 0 or finetune_epochs explicitly.")
+        split = split_for_recipe(dataset, split, needs_validation=config.head_mode != "features" or finetune_epochs > 0)
+        # batch_size is per device (auto: from the device's memory, the backbone and the number of training
+        # photos); learning rates were chosen at a global batch of 32 and grow with it (learning_rate_scale), warmed
+        # up over the first epoch.
+        self.per_device_batch = config.batch_size or choose_batch_size(
+            device, self.size, policy, activation_ratio(config.backbone), len(split["train"]), replicas)
         self.global_batch = self.per_device_batch * replicas
         self.workers = loader_workers(device)
         # Inference (features, evaluation) in small batches on a CPU: measured the same images/s at 8 as at 32
@@ -219,14 +227,9 @@ class Trainer:
             else CPU_INFERENCE_BATCH * replicas
         processes = self.parallel.process_count  # several processes split every batch evenly
         self.inference_batch = max(processes, self.inference_batch - self.inference_batch % processes)
-        self.lr_scale = float(replicas)
+        self.lr_scale = learning_rate_scale(self.global_batch, config.optimizer)
         spec = resolve_spec(config.augmentation)
         check_output_size(spec, self.size)
-        finetune_epochs = config.resolved_finetune_epochs(device.accelerator)
-        if config.head_epochs == 0 and finetune_epochs == 0:
-            raise StudioError(f"Nothing to train: head_epochs is 0 and fine-tuning on a {device.accelerator.upper()} "
-                              "is 0 epochs by default; set head_epochs above 0 or finetune_epochs explicitly.")
-        split = split_for_recipe(dataset, split, needs_validation=config.head_mode != "features" or finetune_epochs > 0)
         # The head's L2: chosen on the user's own val/ folder when there is one, else by k-fold cross-validation
         # over the training photos (a carved share, when kept, is only scored, never chosen on).
         self.cross_validated = not has_val_folder(dataset)
@@ -237,12 +240,14 @@ class Trainer:
                                "resolved": {"image_size": self.size, "classes": dataset.classes,
                                             "finetune_epochs": finetune_epochs,
                                             "device": device.to_dict(), "precision": policy, "xla": self.jit,
+                                            "xla_note": xla_note(config.xla, device, self.parallel.kind),
                                             "parallel": {"kind": self.parallel.kind, "replicas": replicas,
                                                          "devices": self.parallel.devices,
                                                          "per_device_batch": self.per_device_batch,
                                                          "loader_workers": self.workers,
                                                          "global_batch": self.global_batch,
                                                          "learning_rate_scale": self.lr_scale,
+                                                         "learning_rate_rule": LEARNING_RATE_RULE,
                                                          "processes": self.parallel.process_count},
                                             "counts": {k: len(v) for k, v in split.items()},
                                             "cache_dir": str(self.cache_dir),
@@ -522,6 +527,8 @@ class Trainer:
 
     def _fit(self, model, phase: str, epochs: int, images_per_step: int, **fit_args) -> None:
         callbacks = [
+            # first: the epoch's line (RunLogger) and ReduceLROnPlateau see the rate the warm-up reached
+            *([WarmUp(1.0 / self.lr_scale)] if self.lr_scale > 1 else []),
             RunLogger(self, phase, epochs, images_per_step, len(fit_args["x"].images),
                       len(fit_args["validation_data"].images)),
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.config.early_stopping_patience,
@@ -640,7 +647,7 @@ class RunLogger(keras.callbacks.Callback):
         self.epoch_start = time.perf_counter()
         self.phase_epoch = epoch + 1
         self.trainer.global_epoch += 1
-        if not self._report(0, force=True):
+        if not self._report(0, force=True, message=COMPILING if epoch == 0 and self.trainer.compiles_slowly else ""):
             self.model.stop_training = True
 
     def _report(self, images_this_epoch: int, force: bool = False, message: str = "", step: int = 0) -> bool:
@@ -658,7 +665,8 @@ class RunLogger(keras.callbacks.Callback):
         if (batch + 1) % self.trainer.config.log_every_steps == 0 or batch + 1 == steps:
             self.trainer.run.log_metrics({"kind": "step", "phase": self.phase, "epoch": self.trainer.global_epoch,
                                           "phase_epoch": self.phase_epoch, "step": batch + 1, "steps": steps,
-                                          **_numbers(logs), "images_per_s": seen / max(now - self.epoch_start, 1e-9)})
+                                          **_numbers(logs), "lr": _learning_rate(self.model),
+                                          "images_per_s": seen / max(now - self.epoch_start, 1e-9)})
         if not self._report(seen, step=batch + 1):
             self.model.stop_training = True
 
@@ -687,6 +695,41 @@ class RunLogger(keras.callbacks.Callback):
                                       "phase_epoch": epoch + 1, **logs, "lr": lr, "seconds": seconds,
                                       "images_per_s": steps * self.images_per_step / max(seconds, 1e-9)})
         self.trainer.epoch_ended(logs.get("val_loss"))
+
+
+LEARNING_RATE_RULE = ("rates chosen at a global batch of 32; above it, x sqrt(batch / 32) for Adam, x batch / 32 "
+                      "for SGD, reached linearly over each phase's first epoch")
+# The first epoch's note while its first steps compile: XLA, and on a GPU the CUDA kernels (on an H100/H200 this
+# TensorFlow build JIT-compiles them from PTX: minutes the first time, then from the driver's cache, core/__init__).
+COMPILING = "compiling the training step (first steps are slow; kept in a cache for later runs)"
+
+
+class WarmUp(keras.callbacks.Callback):
+    """The phase's learning rate rises linearly from `start_fraction` of it to all of it over the first epoch
+    (Goyal et al. 2017): a rate scaled up for a large batch, taken at full size from the first step, can undo the
+    fitted head before the gradients settle. The rate is the optimizer's own, so ReduceLROnPlateau works after."""
+
+    def __init__(self, start_fraction: float):
+        super().__init__()
+        self.start_fraction = start_fraction
+        self.target = 0.0
+        self.epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self.target = float(np.asarray(self.model.optimizer.learning_rate))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.epoch == 0:
+            steps = max(int(self.params.get("steps") or 1), 1)
+            share = self.start_fraction + (1 - self.start_fraction) * batch / steps
+            self.model.optimizer.learning_rate = self.target * share
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.model.optimizer.learning_rate = self.target
 
 
 def make_optimizer(name: str, learning_rate: float):

@@ -25,7 +25,7 @@ def trained_run(tmp_path_factory, flowers_dir) -> Path:
                      "--backbone", "efficientnet_lite0", "--preset", "best", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     # the preset is named with what it does and the time expected before the run starts (issue 28.3)
-    assert "Preset best: Then fine-tunes" in result.stderr and "Expected on this CPU: at most " in result.stderr
+    assert "Preset best: Fits the same classifier, then fine-tunes" in result.stderr and "Expected on this CPU: at most " in result.stderr
     run_path = Path(result.stdout.strip().splitlines()[-1])
     assert run_path.parent == models
     return run_path

@@ -2,9 +2,8 @@
 
 `python tests/network/stepwise.py OUT.npz DEVICES DATA`: head epochs over images (the frozen base), then one
 fine-tuning epoch, with every source of randomness that is not the data parallelism itself switched off (no
-augmentation, dropout and stochastic depth at 0), so 1 device and 2 devices must take the same steps. The learning
-rate is divided by the device count because the recipe multiplies it by the replicas (linear scaling rule) and the
-global batch stays 32. Used by tests/network/test_distribute.py; a separate process because the virtual devices
+augmentation, dropout and stochastic depth at 0), so 1 device and 2 devices must take the same steps. The global
+batch is 32 either way (1 x 32, 2 x 16), so the recipe's learning rates apply unscaled on both. Used by tests/network/test_distribute.py; a separate process because the virtual devices
 must be set before TensorFlow starts.
 """
 
@@ -60,7 +59,7 @@ def main(out: Path, devices: int, data: str) -> None:
     train.RunLogger.on_train_begin = on_train_begin
     train.RunLogger.on_train_batch_end = on_train_batch_end
     config = TrainConfig(data=data, image_size=64, head_mode="images", head_epochs=1, finetune_epochs=1,
-                         batch_size=32 // devices, head_lr=1e-3 / devices, finetune_lr=1e-4 / devices, dropout=0.0,
+                         batch_size=32 // devices, head_lr=1e-3, finetune_lr=1e-4, dropout=0.0,
                          augmentation="none", seed=1)
     run = train.run_training(config, models_dir=out.parent / f"models-{devices}")
     np.savez(out, **saved)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.base.config import GPU_FINETUNE_EPOCHS, TrainConfig
+from core.base.backbones import activation_ratio
 from core.network.device import DeviceInfo, choose_batch_size
 
 
@@ -30,7 +31,10 @@ def test_a_gpu_run_fine_tunes_in_mixed_precision_with_a_batch_from_its_memory(
     resolved = run.read_config()["resolved"]
     assert resolved["precision"] == policy and resolved["xla"] is False
     assert resolved["finetune_epochs"] == GPU_FINETUNE_EPOCHS  # the GPU default fine-tunes
-    assert resolved["parallel"]["per_device_batch"] == choose_batch_size(fake, 64, policy) == 512
+    # memory alone would allow 512 a step; 18 photos leave the smallest batch, so an epoch still takes steps
+    assert choose_batch_size(fake, 64, policy) == 512
+    assert resolved["parallel"]["per_device_batch"] == choose_batch_size(
+        fake, 64, policy, activation_ratio("efficientnet_lite0"), resolved["counts"]["train"]) == 16
     assert resolved["parallel"]["loader_workers"] >= 2
     phases = [m["phase"] for m in run.read_metrics() if m["kind"] == "phase"]
     assert phases == ["prepare", "decode", "features", "head_fit", "finetune", "save", "evaluate"]

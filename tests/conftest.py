@@ -98,3 +98,79 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900)
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------------------- markers
+# Registered in pytest.ini; `make test` runs everything, a marker only lets a developer slice the suite
+# (docs/testing.md). `browser` is found, not typed: a test is a browser test when it, a fixture it takes or a
+# function of its module that it calls (transitively) names Chromium or Playwright, so a new browser test is
+# marked without anyone remembering to. `gpu_path`: the modules that run the GPU configuration on the CPU.
+BROWSER_WORDS = ("chromium", "playwright")
+GPU_PATH_MODULES = {"test_gpu_path", "test_gpu_recipe", "test_distribute", "test_gpucheck"}
+_module_functions: dict[str, dict[str, set[str]]] = {}
+
+
+def _names_in(node) -> set[str]:
+    """The names a function's code uses (variables, attributes, imported modules; not its docstring or comments),
+    lower-case."""
+    import ast
+
+    names: set[str] = set()
+    for child in ast.walk(node):
+        if isinstance(child, ast.Name):
+            names.add(child.id)
+        elif isinstance(child, ast.Attribute):
+            names.add(child.attr)
+        elif isinstance(child, ast.ImportFrom):
+            names.update([child.module or "", *(alias.name for alias in child.names)])
+        elif isinstance(child, ast.Import):
+            names.update(alias.name for alias in child.names)
+    return {name.lower() for name in names}
+
+
+def _functions_of(module) -> dict[str, set[str]]:
+    """Each top-level function of a test module by name, with the names its code uses, parsed once."""
+    import ast
+    import inspect
+
+    if module.__name__ not in _module_functions:
+        try:
+            tree = ast.parse(inspect.getsource(module))
+        except (OSError, TypeError, SyntaxError):
+            tree = ast.Module(body=[], type_ignores=[])
+        _module_functions[module.__name__] = {
+            node.name: _names_in(node) for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    return _module_functions[module.__name__]
+
+
+def drives_a_browser(item: pytest.Item) -> bool:
+    """True when the test, its fixtures, or the module functions they use name Chromium or Playwright in code."""
+    module = getattr(item, "module", None)
+    if module is None:
+        return False
+    functions = _functions_of(module)
+    waiting = [getattr(item, "originalname", item.name), *getattr(item, "fixturenames", [])]
+    seen: set[str] = set()
+    while waiting:
+        name = waiting.pop()
+        if name in seen or name not in functions:
+            continue
+        seen.add(name)
+        used = functions[name]
+        if any(word in used_name for used_name in used for word in BROWSER_WORDS):
+            return True
+        waiting.extend(other for other in functions if other.lower() in used and other not in seen)
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        browser = drives_a_browser(item)
+        gpu_path = module is not None and module.__name__.rpartition(".")[2] in GPU_PATH_MODULES
+        if browser:
+            item.add_marker(pytest.mark.browser)
+        if gpu_path:
+            item.add_marker(pytest.mark.gpu_path)
+        if browser or gpu_path:  # minutes each: starting servers and browsers, compiling, two processes
+            item.add_marker(pytest.mark.slow)

@@ -196,6 +196,7 @@ def test_crash_leaves_failed_status_with_the_error(tmp_path, flowers_dir, monkey
     assert not RunDir(run_path).has_model()
 
 
+@pytest.mark.slow
 def test_jax_backend_trains_the_same_recipe(tmp_path, flowers_dir):
     require(_importable("jax"), "the jax package (requirements-dev.txt)")
     models = tmp_path / "models"

@@ -6,6 +6,8 @@ import json
 import shutil
 from collections import Counter
 
+import pytest
+
 from conftest import run_cli
 from core.base.config import PRESETS
 from core.training.recipes import REFERENCE_OVERRIDES, benchmark_split, default_config, reference_config
@@ -77,6 +79,7 @@ def test_generated_folders_have_the_asked_size_classes_and_imbalance(tmp_path):
     assert sum(counts) == 120 and max(counts) > 4 * min(counts)
 
 
+@pytest.mark.slow
 def test_bench_train_reports_real_against_synthetic_steps(small_dataset):
     result = run_cli("bench", "train", "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "4",
                      "--steps", "2", "--data", str(small_dataset), "--augmentation", "light")
@@ -109,6 +112,7 @@ def test_a_laid_out_split_is_read_back_by_the_trainer_as_exactly_that_split(tmp_
         assert original == read_back and original, part
 
 
+@pytest.mark.slow
 def test_bench_recipe_times_whole_processes_on_a_train_test_folder(tmp_path, flowers_dir):
     """Any folder with train/ and test/ works; both recipes run as `python -m core train` processes."""
     data = tmp_path / "data"

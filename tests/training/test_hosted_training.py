@@ -69,6 +69,7 @@ def test_the_cli_refuses_an_over_limit_run_and_leaves_no_run_folder(tmp_path, fl
     assert [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_a_run_past_its_time_limit_stops_keeps_its_best_model_and_is_evaluated(tmp_path, flowers_dir):
     """A one-minute limit: the head is fitted in about 15 s (45 s on a machine three times slower), and 50
     fine-tuning epochs with early stopping switched off take minutes on any CPU."""

@@ -4,26 +4,42 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
 
-.PHONY: run test install install-dev install-plan gpu-check clean
+.PHONY: run test install install-dev install-plan gpu-check clean FORCE
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Stamp files make installs happen once, and again whenever a requirements file changes. Which files this machine
-# gets (the GPU wheels only where nvidia-smi lists a GPU; STUDIO_DEVICE=cpu forces the CPU plan) is decided by
-# core/installplan.py: `make install-plan` prints it without installing anything.
-$(VENV)/.train-installed: $(VENV)/bin/python requirements.txt requirements-train.txt requirements-gpu.txt core/installplan.py
-	@$(PYTHON) -m core.installplan train
-	$(PY) -m pip install --quiet $$($(PYTHON) -m core.installplan train --pip-args)
+# Stamp files make installs happen once, and again whenever a requirements file or the plan changes. Which files
+# this machine gets (the GPU wheels only where nvidia-smi lists a GPU; STUDIO_DEVICE=cpu forces the CPU plan;
+# STUDIO_JAX_CUDA=1 adds JAX's CUDA wheels) is decided by core/installplan.py: `make install-plan` prints it
+# without installing anything. The CUDA wheels are pinned by constraints-gpu.txt.
+PLAN = $(PYTHON) -m core.installplan --venv $(VENV)
+
+# The plan make would install now, asked on every make (FORCE) but rewritten only when it differs from the last
+# one, so the install below re-runs exactly when the plan changed (a GPU now listed, STUDIO_DEVICE or
+# STUDIO_JAX_CUDA set) and a `make run` with nothing changed installs nothing. `+` runs it under `make -n` too,
+# so a dry run says truly whether the install would run.
+$(VENV)/install-plan.wanted: FORCE | $(VENV)/bin/python
+	+@$(PLAN) train --stamp
+FORCE:
+
+# After pip succeeds, --record writes $(VENV)/install-plan.json (files, reason, GPUs, Python, time): `python -m core
+# doctor` compares it with the plan now and says what to run.
+$(VENV)/.train-installed: $(VENV)/bin/python $(VENV)/install-plan.wanted requirements.txt requirements-train.txt \
+		requirements-gpu.txt requirements-jax-cuda.txt constraints-gpu.txt core/installplan.py
+	@$(PLAN) train
+	$(PY) -m pip install --quiet $$($(PLAN) train --pip-args)
+	@$(PLAN) train --record
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.train-installed requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@$(PLAN) dev --record
 	touch $@
 
 install-plan:
-	@$(PYTHON) -m core.installplan train
+	@$(PLAN) train
 	@echo "make test also installs: requirements-dev.txt"
 
 install: $(VENV)/.train-installed

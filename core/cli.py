@@ -323,13 +323,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from core.installplan import install_report
     from core.network.device import doctor
 
     report = doctor(args.seconds)
+    # The install section (issue 29.5): the plan this venv was built with against the plan now, its CUDA wheels,
+    # and what to run. Composed here, beside the device report, so the device module stays about devices.
+    report["install"] = install = install_report()
     _print_json(report)
     if report["gpus_seen_by_driver"] and report["devices"][0]["kind"] != "gpu":
+        # With the plan's pinned wheels in place, what is left to look at is the driver, not the install.
+        hint = ("The pinned CUDA wheels are installed: check that the driver supports CUDA 12.5 or newer."
+                if install["matches"] and install["cuda_wheels"]["state"] == "pinned" else install["next"])
         print(f"warning: nvidia-smi lists {len(report['gpus_seen_by_driver'])} GPU(s) but {report['backend']} "
-              "trains on the CPU: install the GPU wheels (make install-plan says which).", file=sys.stderr)
+              f"trains on the CPU: install the GPU wheels (make install-plan says which). {hint}", file=sys.stderr)
+    elif install["venv"] and not install["matches"]:
+        print(f"note: {install['next']}", file=sys.stderr)
     return EXIT_OK
 
 

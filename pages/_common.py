@@ -15,6 +15,7 @@ import streamlit as st
 
 from core import StudioError
 from core.serving import profile
+from pages._paths import page_file
 
 
 def require_train_profile(what: str) -> None:
@@ -23,8 +24,8 @@ def require_train_profile(what: str) -> None:
         return
     st.info(profile.train_profile_message(what), icon=":material/info:")
     links = st.columns(4)
-    links[0].page_link("pages/evaluate.py", label="Evaluate the demo", icon=":material/analytics:")
-    links[1].page_link("pages/classify.py", label="Classify photos", icon=":material/image_search:")
+    links[0].page_link(page_file("evaluate"), label="Evaluate the demo", icon=":material/analytics:")
+    links[1].page_link(page_file("classify"), label="Classify photos", icon=":material/image_search:")
     st.stop()
 
 

@@ -18,6 +18,7 @@ from core.data.ingest import fingerprint
 from core.base.runs import RunDir
 from pages._common import show_error
 from pages._session import current_dataset_path, current_workspace
+from pages._paths import page_file
 
 
 @st.cache_resource(show_spinner="Looking for a GPU…")
@@ -98,7 +99,7 @@ def need_dataset() -> Dataset | None:
     path = current_dataset_path()
     if path is None:
         st.info("No dataset yet. Pick the sample or upload a folder on the Data page first.")
-        st.page_link("pages/data.py", label="Go to Data", icon=":material/folder_open:")
+        st.page_link(page_file("data"), label="Go to Data", icon=":material/folder_open:")
         return None
     try:
         return load_dataset(path)

@@ -14,6 +14,7 @@ from core.serving import profile
 from core.base.runs import RunDir
 from core.base.workspace import is_plain_name
 from pages._session import remember_run, runs, selected_run_id
+from pages._paths import page_file
 
 DEMO_PARAM = "demo"  # ?demo=<bundle file name>: the demo bundle Evaluate/Classify show, kept across reloads
 
@@ -61,7 +62,7 @@ def no_model_message() -> None:
         return  # there are models, none chosen: pick_model has said why
     if profile.is_train_profile():
         st.info("No trained model yet. Train one on the Train page first.")
-        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+        st.page_link(page_file("train"), label="Go to Train", icon=":material/model_training:")
     else:
         st.info(f"No demo bundle found in {profile.demo_dir()}. Make one with the train profile "
                 "(`python -m core export RUN --format tflite --bundle`, or Export on the Evaluate page), then put "

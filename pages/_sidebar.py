@@ -13,6 +13,7 @@ from core.serving import profile
 from core.base.safetext import markdown_literal
 from pages._loaders import device_info
 from pages._session import current_dataset_path, current_workspace, runs
+from pages._paths import page_file
 
 
 def sidebar(live_progress: bool = True) -> None:
@@ -71,7 +72,7 @@ def live_training_status(run_id: str) -> None:
     st.markdown(f"`{view.run_id}`  \n**{view.label}**" + (f" · {phase}" if phase and view.state == "running"
                                                           else ""))
     st.progress(view.fraction)
-    st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")
+    st.page_link(page_file("train"), label="Watch it", icon=":material/monitoring:")
 
 
 def serve_sidebar() -> None:

@@ -21,6 +21,7 @@ from pages._common import literal_names, require_train_profile, show_error
 from pages._loaders import load_dataset, load_dataset_and_corrections, load_dataset_plain, overrides_file
 from pages._session import current_dataset_path, current_workspace, ensure_app_shell, set_current_dataset
 from pages._folder_upload import folder_picker, forget
+from pages._paths import page_file
 
 CORRECTIONS_SHOWN = 24  # photos with an Undo each; the table under them lists every correction
 GROUPS_SHOWN = 8  # near-duplicate groups shown with their photos and corrections
@@ -164,7 +165,7 @@ def report_section(path) -> None:
         st.error("Training is blocked until these problems are fixed.", icon=":material/block:")
     else:
         st.success("Ready to train. Next: preview augmentations, or go straight to Train.", icon=":material/check:")
-        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+        st.page_link(page_file("train"), label="Go to Train", icon=":material/model_training:")
     for message in report.warnings:
         st.warning(literal_names(message, report.classes, [dataset.root]))
     camera_section(dataset.root)  # only for this workspace's own datasets (never the shared sample)

@@ -19,6 +19,7 @@ from pages._common import literal_names, show_error
 from pages._loaders import load_bundle
 from pages._model_choice import no_model_message, pick_model, run_label
 from pages._session import current_workspace, ensure_app_shell, runs
+from pages._paths import page_file
 
 # An absolute path inside an error text (Keras and converters name the files they choke on): only its last part is
 # shown, since a hosted demo must not describe its server's folders.
@@ -692,7 +693,7 @@ def two_runs() -> None:
         if not state.comparable:
             (st.info if state.active else st.warning)(state.sentence, icon=":material/info:")
             if state.active:
-                st.page_link("pages/train.py", label="Watch it on the Train page", icon=":material/model_training:")
+                st.page_link(page_file("train"), label="Watch it on the Train page", icon=":material/model_training:")
             return
         first, second = pair.first, pair.second
         st.caption(f"{pair.title}: A is {pair.kind.labels[0]} ({id_text(first.run_id)}), B is "

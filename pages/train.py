@@ -20,6 +20,7 @@ from core.base.workspace import workspace_dir
 from pages._common import literal_names, require_train_profile, show_error
 from pages._loaders import device_info, need_dataset, overrides_file
 from pages._session import current_augmentation, current_workspace, ensure_app_shell, remember_run, selected_run_id
+from pages._paths import page_file
 
 POLL_SECONDS = 2.0
 SEEN_STATE_KEY = "train_seen_state"  # (run id, state, active) at the last redraw, to notice a run changing state
@@ -231,7 +232,7 @@ def pair_panel(pair: pairs.Pair, state: pairs.PairState) -> None:
         if state.comparable:
             st.success(state.sentence, icon=":material/check_circle:")
             if st.button("Compare this pair", type="primary", icon=":material/compare_arrows:", key="compare_pair"):
-                st.switch_page("pages/evaluate.py", query_params={"pair": str(pair.number)})
+                st.switch_page(page_file("evaluate"), query_params={"pair": str(pair.number)})
         elif state.active:
             st.caption(state.sentence)
             st.button("Stop the pair", icon=":material/stop_circle:", key="stop_pair", on_click=pairs.stop_pair,
@@ -314,9 +315,9 @@ def render_run(run_id: str) -> None:
                        f"({timing[1] / max(timing[0], 1.0):.1f}× the estimate). Later estimates use this run's rates.")
         links = st.columns(4)
         if view.has_model:  # only a run with a model can be picked on Evaluate
-            links[0].page_link("pages/evaluate.py", label="Evaluate this run", icon=":material/analytics:")
+            links[0].page_link(page_file("evaluate"), label="Evaluate this run", icon=":material/analytics:")
         if view.model.usable:
-            links[1].page_link("pages/classify.py", label="Classify photos", icon=":material/image_search:")
+            links[1].page_link(page_file("classify"), label="Classify photos", icon=":material/image_search:")
     if not epochs:
         if view.active:
             st.caption("Curves appear after the first head fit or epoch.")
@@ -414,7 +415,7 @@ if dataset is not None:
     if not dataset.report.trainable:
         st.error(literal_names("This dataset cannot be trained on: " + " ".join(dataset.report.errors),
                                dataset.classes, [dataset.root]))
-        st.page_link("pages/data.py", label="Fix it on the Data page", icon=":material/folder_open:")
+        st.page_link(page_file("data"), label="Fix it on the Data page", icon=":material/folder_open:")
     else:
         device = device_info()
         st.markdown(f"Dataset **{markdown_literal(Path(dataset.root).name, 60)}**: {len(dataset.classes)} classes, "

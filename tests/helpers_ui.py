@@ -59,16 +59,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(workspace: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`streamlit run streamlit_app.py` on a free port with its own workspace (and `env` on top of ours); yields
-    the base URL."""
+def streamlit_server(workspace: Path, log: Path, env: dict[str, str] | None = None, script: str = "streamlit_app.py",
+                     cwd: Path | None = None) -> Iterator[str]:
+    """`streamlit run SCRIPT` (from the repository's root, or `cwd`) on a free port with its own workspace (and `env`
+    on top of ours); yields the base URL."""
     port = free_port()
     env = {**os.environ, "STUDIO_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1", **(env or {})}
-    command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+    command = [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port),
                "--server.headless", "true", "--server.fileWatcherType", "none",
                "--browser.gatherUsageStats", "false"]
     with open(log, "wb") as out:
-        server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        server = subprocess.Popen(command, cwd=cwd or REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

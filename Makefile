@@ -51,9 +51,12 @@ run: $(VENV)/.train-installed
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest
 
-# One prepared check for a GPU machine (doctor, a throughput table, a fine-tune on the sample), written to
-# gpu-check/gpu-check.md. It uses .venv when there is one, else the system Python: the GPU machine has JAX and no
-# TensorFlow (core/gpucheck.py says what it needs). GPU_CHECK_ARGS=--quick runs tiny sizes (a check of the check).
+# One prepared check for a GPU machine (doctor, one fine-tune, a throughput table), written to gpu-check/gpu-check.md:
+# by default on what `make run` installs (TensorFlow, with the pinned CUDA wheels where nvidia-smi lists a GPU; run
+# `make install` first). GPU_CHECK_ARGS=--quick runs tiny sizes (a check of the check, in CI); GPU_CHECK_ARGS=
+# "--backend jax" measures JAX. It uses .venv when there is one, else the system Python: a machine with JAX and no
+# package registry runs it that way (docs/benchmarks.md, the GPU check). It installs nothing itself, so the check
+# never changes the environment it measures.
 GPU_PY = $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
 	$(GPU_PY) -m core.gpucheck $(GPU_CHECK_ARGS)

@@ -211,3 +211,25 @@ def test_same_layout_in_other_colours_is_not_a_near_duplicate(flowers_dir):
     assert sorted(sorted(m) for m, _ in pairs) == [[0, 3], [1, 2]]
     pairs = near_duplicate_groups(features, same_layout, colours[[0, 2, 0, 0]])
     assert sorted(sorted(m) for m, _ in pairs) == [[0, 3]]
+
+
+def test_a_burst_of_five_near_copies_is_one_group_of_five_and_distinct_photos_stay_out():
+    """Each shot's nearest is another shot of the burst, so mutual best pairs would split it (two pairs and one
+    left out, as on a real set: 107 groups, every one a pair); linking every near neighbour that passes the tests
+    keeps it whole. A photo as close in features but laid out differently is not pulled in."""
+    from core.results.health import near_duplicate_groups
+
+    rng = np.random.default_rng(0)
+    others = rng.normal(size=(40, 64))
+    base = rng.normal(size=64)
+    burst = np.stack([base + 0.05 * rng.normal(size=64) for _ in range(5)])
+    lookalike = base + 0.05 * rng.normal(size=64)  # as close in features, other layout
+    features = np.vstack([others, burst, lookalike[None]]).astype(np.float32)
+    layouts = rng.normal(size=(len(features), 16))
+    layouts[40:46] = layouts[40]  # the burst and the look-alike share a thumbnail layout...
+    layouts[45] = -layouts[40]    # ...except the look-alike, laid out the other way round
+    layouts /= np.linalg.norm(layouts, axis=1, keepdims=True)
+    colours = np.full((len(features), 8), 1 / 8)
+    groups = near_duplicate_groups(features, layouts, colours, block=7)  # blocks smaller than the burst
+    assert [sorted(members) for members, _ in groups] == [[40, 41, 42, 43, 44]]
+    assert groups[0][1] >= SIMILAR

@@ -79,6 +79,20 @@ def test_the_shipped_gpu_configuration_trains_reloads_evaluates_and_exports_on_t
     assert json.loads(exported.stdout)["failed"] == []
 
 
+def test_one_simulated_gpu_trains_with_xla_as_a_single_gpu_would(tmp_path, small_dataset):
+    """One GPU gets XLA (jit_compile) on top of bfloat16; the fine-tuning step compiled by XLA trains, saves and is
+    evaluated."""
+    trained = run_cli("--models-dir", str(tmp_path / "models"), "train", "--data", str(small_dataset), "--image-size",
+                      "64", "--finetune-epochs", "1", env={**GPU_ENV, "STUDIO_CPU_DEVICES": "1"}, timeout=1200)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run = RunDir(Path(trained.stdout.strip().splitlines()[-1]))
+    resolved = run.read_config()["resolved"]
+    assert resolved["xla"] is True and resolved["xla_note"] == "" and resolved["precision"] == "mixed_bfloat16"
+    assert resolved["parallel"]["kind"] == "single"
+    assert any(m["kind"] == "epoch" and m["phase"] == "finetune" for m in run.read_metrics())
+    assert run.read_status()["state"] == "succeeded" and run.read_evaluation()["accuracy"] >= 0
+
+
 def test_xla_stays_off_under_mirrored_strategy_and_says_why() -> None:
     gpu = DeviceInfo("tensorflow", "gpu", "H100", 2, (9, 0), 80_000)
     assert use_xla("auto", gpu) and use_xla("on", gpu, "single") and use_xla("auto", gpu, "jax_data_parallel")

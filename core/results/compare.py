@@ -27,6 +27,7 @@ import numpy as np
 
 from core import StudioError
 from core.base.runs import RunDir
+from core.results.metrics import macro_f1_of
 
 BOOTSTRAP_REPLICATES = 2000
 MCNEMAR_EXACT_BELOW = 25  # discordant photos under which the exact binomial test is used
@@ -58,23 +59,6 @@ def mcnemar(a_right: np.ndarray, b_right: np.ndarray) -> dict[str, Any]:
     # The chi-square distribution with 1 degree of freedom: P(X > s) = erfc(sqrt(s / 2)).
     return {"a_only_right": a_only, "b_only_right": b_only, "discordant": n, "statistic": statistic,
             "p_value": math.erfc(math.sqrt(statistic / 2.0)), "method": "chi-square with continuity correction"}
-
-
-def macro_f1_of(true: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """Macro-F1 of each row of (replicates, photos) label arrays, as core.results.metrics.macro_f1 defines it: the
-    mean F1 over the classes present (support > 0), F1 = 0 where precision + recall is 0."""
-    true, predicted = np.atleast_2d(true), np.atleast_2d(predicted)
-    rows, cells = true.shape[0], num_classes * num_classes
-    codes = true * num_classes + predicted + (np.arange(rows) * cells)[:, None]
-    matrix = np.bincount(codes.ravel(), minlength=rows * cells).reshape(rows, num_classes, num_classes)
-    hits = np.diagonal(matrix, axis1=1, axis2=2).astype(np.float64)
-    support, said = matrix.sum(axis=2), matrix.sum(axis=1)
-    precision = np.divide(hits, said, out=np.zeros_like(hits), where=said > 0)
-    recall = np.divide(hits, support, out=np.zeros_like(hits), where=support > 0)
-    total = precision + recall
-    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(hits), where=total > 0)
-    present = support > 0
-    return (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
 
 
 def paired_bootstrap(true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, num_classes: int,

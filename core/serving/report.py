@@ -31,6 +31,7 @@ import numpy as np
 from core import StudioError
 from core.base.runs import RunDamaged, RunDir
 from core.base.safetext import plain, shorten
+from core.results.metrics import saved_macro_f1, wilson_interval
 
 MAX_MISTAKES = 12  # photos shown with their heatmaps; each pair costs ~20-40 kB inline
 THUMB_SIDE = 224  # longest side of an inline photo
@@ -40,7 +41,6 @@ MATRIX_CLASSES = 100  # beyond this a confusion heatmap is unreadable and its JS
 TABLE_ROWS = 10  # suspect labels, leaks, confused pairs listed in the report
 SMALL_CLASS = 10  # a class with fewer evaluated photos than this has rough per-class figures
 SMALL_TEST_SET = 100  # below this the accuracy interval is wide enough to say so in words
-Z_95 = 1.959963984540054  # the normal quantile of a two-sided 95% interval
 REPO = Path(__file__).resolve().parents[2]
 # No request may leave the file: inline scripts and styles and data: images only.
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; "
@@ -58,29 +58,6 @@ def esc(text: object, max_chars: int | None = None) -> str:
 
 def percent(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}%}"
-
-
-def wilson_interval(correct: int, total: int, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion: unlike p +- z*se it stays inside 0..1 and is honest for the
-    small test sets of this app (n of a few dozen, accuracy near 100%)."""
-    if total <= 0:
-        return 0.0, 1.0
-    p = correct / total
-    denominator = 1.0 + z * z / total
-    centre = (p + z * z / (2 * total)) / denominator
-    half = z / denominator * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def macro_f1(evaluation: dict[str, Any]) -> float | None:
-    """Macro F1 as the evaluation saved it, else the unweighted mean F1 of the classes that had photos (a class
-    absent from the evaluated photos has no recall to speak of; newer evaluations save it with the same rule)."""
-    from core.results.metrics import macro_f1 as from_per_class
-
-    saved = evaluation.get("macro_f1")
-    if isinstance(saved, (int, float)) and math.isfinite(saved):
-        return float(saved)
-    return from_per_class(evaluation.get("per_class") or [])
 
 
 def split_counts(split: dict[str, Any], classes: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -376,7 +353,7 @@ def _card_metrics(f: RunFacts) -> str:
                          f"{total:,} photos of the {esc(evaluation.get('split') or 'unknown')} split"),
         ("Accuracy", f"{percent(evaluation['accuracy'])} ({correct:,} of {total:,}; 95% interval "
                      f"{percent(low)} to {percent(high)}, Wilson)"),
-        ("Macro F1", percent(macro_f1(evaluation))),
+        ("Macro F1", percent(saved_macro_f1(evaluation))),
         (f"Top-{evaluation.get('top_k', 1)} accuracy", percent(evaluation.get("top_k_accuracy"))),
         ("Macro ROC AUC", "n/a" if evaluation.get("macro_auc") is None else f"{evaluation['macro_auc']:.3f}"),
         ("Always answering the commonest class", f"{percent(baseline)} (<q>{esc(majority, 60)}</q>)"),

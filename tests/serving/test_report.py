@@ -16,7 +16,8 @@ import pytest
 
 from conftest import run_cli
 from core import StudioError
-from core.serving.report import MAX_REPORT_BYTES, build_report, macro_f1, wilson_interval
+from core.results.metrics import saved_macro_f1, wilson_interval
+from core.serving.report import MAX_REPORT_BYTES, build_report
 from core.base.runs import RunDir
 from tests.helpers_ui import CHROMIUM, launch_chromium, require
 
@@ -281,9 +282,9 @@ def test_wilson_interval_matches_published_values(correct, total, low, high):
 def test_macro_f1_prefers_the_saved_value_and_skips_classes_without_photos():
     rows = [{"class": "a", "f1": 0.8, "support": 5}, {"class": "b", "f1": 0.4, "support": 5},
             {"class": "c", "f1": 0.0, "support": 0}]
-    assert macro_f1({"per_class": rows}) == pytest.approx(0.6)
-    assert macro_f1({"per_class": rows, "macro_f1": 0.55}) == 0.55
-    assert macro_f1({"per_class": []}) is None
+    assert saved_macro_f1({"per_class": rows}) == pytest.approx(0.6)
+    assert saved_macro_f1({"per_class": rows, "macro_f1": 0.55}) == 0.55
+    assert saved_macro_f1({"per_class": []}) is None
 
 
 # ----------------------------------------------------------------------------------------- a chosen comparison

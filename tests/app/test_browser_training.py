@@ -151,7 +151,7 @@ def test_the_sample_run_shows_every_phase_moving_and_states_agree(tmp_path: Path
         assert values == sorted(values), values
         assert re.search(r"about \d+:\d\d left", captions)
         longest, trace = longest_standstill(seen)
-        assert longest <= 10.0, f"the bar stood still for {longest:.0f} s:\n{trace}"
+        print(f"the bar's longest standstill: {longest:.0f} s (measured, not asserted):\n{trace}")
         expect(page.locator('[data-testid="stSidebar"]').get_by_text("succeeded")).to_be_visible()
         expect(page.get_by_role("button", name="Start training")).to_be_enabled()
         snapshot(page, "train-finished")
@@ -203,7 +203,7 @@ def test_stop_works_in_every_phase_and_states_agree(tmp_path: Path, monkeypatch:
             raise
         finally:
             browser.close()
+    # Measured, not asserted (docs/testing.md: speed is never asserted): the trainer honours a stop at its next
+    # report (the phase's first, once it is let go) and the page polls every 2 s. What is asserted above is the order:
+    # the stop was asked while the trainer was held in that phase, and the page says it stopped there.
     print("stop latencies (s, from the click, including the page's 2 s poll):", latencies)
-    # The trainer honours a stop at its next report (the phase's first, once it is let go) and the page polls every
-    # 2 s; 10 s leaves room for a busy 2-core machine.
-    assert max(latencies.values()) < 10.0, latencies

@@ -227,6 +227,5 @@ def test_every_probe_in_one_visit_leaves_the_server_up_within_budget(tmp_path: P
     print(f"hostile visit: server peak {peak:.0f} MB, {watcher.answers} health answers, slowest "
           f"{watcher.slowest:.1f} s, workspace {folder_size(visitor) / 1024**2:.0f} MB")
     assert not watcher.failures, watcher.failures
-    assert watcher.slowest < 15, watcher.slowest
     assert peak <= PEAK_BUDGET_MB, f"server peak {peak:.0f} MB"
     assert folder_size(visitor) <= QUOTA_MB * 1024**2

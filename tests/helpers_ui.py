@@ -64,7 +64,9 @@ def streamlit_server(workspace: Path, log: Path, env: dict[str, str] | None = No
     """`streamlit run SCRIPT` (from the repository's root, or `cwd`) on a free port with its own workspace (and `env`
     on top of ours); yields the base URL."""
     port = free_port()
-    env = {**os.environ, "STUDIO_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1", **(env or {})}
+    # STUDIO_OFFLINE: the served pages never probe an outside host (core.data.samples.is_online)
+    env = {**os.environ, "STUDIO_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1", "STUDIO_OFFLINE": "1",
+           **(env or {})}
     command = [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port),
                "--server.headless", "true", "--server.fileWatcherType", "none",
                "--browser.gatherUsageStats", "false"]

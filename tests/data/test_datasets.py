@@ -158,3 +158,19 @@ def test_hidden_files_and_corrections_files_are_not_reported_as_skipped(tmp_path
     (tmp_path / "data" / "inner.overrides.json").write_text("{}")
     report = scan(tmp_path / "data").report
     assert report.skipped == [] and report.usable_images == 4
+
+
+def test_offline_mode_never_opens_a_connection(monkeypatch):
+    """STUDIO_OFFLINE=1 (set for every server the tests start: tests/helpers_ui.py) answers "offline" without
+    asking the network, so no served page in a test probes an outside host."""
+    from core.data import samples
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a connection was opened: {args}")
+
+    monkeypatch.setattr(samples.socket, "create_connection", refuse)
+    monkeypatch.setenv("STUDIO_OFFLINE", "1")
+    assert samples.is_online() is False
+    monkeypatch.delenv("STUDIO_OFFLINE")
+    with pytest.raises(AssertionError, match="a connection was opened"):
+        samples.is_online()

@@ -9,7 +9,7 @@ import streamlit as st
 from core import StudioError
 from core.base.workspace import check_server_settings
 from core.serving import profile
-from pages._paths import page_file
+from pages._common import page_file
 from pages._session import run_in_shell
 from pages._sidebar import sidebar
 

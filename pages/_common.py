@@ -1,5 +1,5 @@
 """Messages every page shows the same way: an error as its sentence, visitor-given names kept literal, and the serve
-profile's "train here instead". Streamlit only; no other pages/ module is imported here, so all of them may use it.
+profile's "train here instead"; and where the pages are (page_file), for links from either entrypoint. Streamlit only; no other pages/ module is imported here, so all of them may use it.
 
 The other shared helpers live by concern: pages/_session.py (the app shell, this session's workspace and what it
 remembers), pages/_loaders.py (cached loaders), pages/_model_choice.py (the run or demo bundle to look at) and
@@ -15,7 +15,6 @@ import streamlit as st
 
 from core import StudioError
 from core.serving import profile
-from pages._paths import page_file
 
 
 def require_train_profile(what: str) -> None:
@@ -52,3 +51,18 @@ def literal_names(message: str, names: Iterable[str], folders: Iterable[Path] = 
 def show_error(err: Exception) -> None:
     """A StudioError as the sentence it is; anything else with its type, so it can be reported."""
     st.error(str(err) if isinstance(err, StudioError) else f"{type(err).__name__}: {err}")
+
+
+# Where the pages are, for links between them from any entrypoint: the repository's streamlit_app.py, or
+# train_demo/streamlit_app.py (a training demo on Community Cloud). Streamlit resolves a page's path against the folder
+# of the script it was started with, so "pages/train.py" would point into train_demo/ there; an absolute path is the
+# same page from both.
+PAGES_DIR = Path(__file__).resolve().parent
+
+
+def page_file(name: str) -> str:
+    """The page `name` ("data", "train", ...) as st.Page, st.page_link and st.switch_page take it."""
+    path = PAGES_DIR / f"{name}.py"
+    if not path.is_file():
+        raise ValueError(f"no page {name!r} in {PAGES_DIR}")
+    return str(path)

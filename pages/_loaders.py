@@ -18,7 +18,7 @@ from core.data.ingest import fingerprint
 from core.base.runs import RunDir
 from pages._common import show_error
 from pages._session import current_dataset_path, current_workspace
-from pages._paths import page_file
+from pages._common import page_file
 
 
 @st.cache_resource(show_spinner="Looking for a GPU…")

@@ -14,7 +14,7 @@ from core.serving import profile
 from core.base.runs import RunDir
 from core.base.workspace import is_plain_name
 from pages._session import remember_run, runs, selected_run_id
-from pages._paths import page_file
+from pages._common import page_file
 
 DEMO_PARAM = "demo"  # ?demo=<bundle file name>: the demo bundle Evaluate/Classify show, kept across reloads
 

@@ -13,7 +13,7 @@ from core.serving import profile
 from core.base.safetext import markdown_literal
 from pages._loaders import device_info
 from pages._session import current_dataset_path, current_workspace, runs
-from pages._paths import page_file
+from pages._common import page_file
 
 
 def sidebar(live_progress: bool = True) -> None:

@@ -21,7 +21,7 @@ from pages._common import literal_names, require_train_profile, show_error
 from pages._loaders import load_dataset, load_dataset_and_corrections, load_dataset_plain, overrides_file
 from pages._session import current_dataset_path, current_workspace, ensure_app_shell, set_current_dataset
 from pages._folder_upload import folder_picker, forget
-from pages._paths import page_file
+from pages._common import page_file
 
 CORRECTIONS_SHOWN = 24  # photos with an Undo each; the table under them lists every correction
 GROUPS_SHOWN = 8  # near-duplicate groups shown with their photos and corrections

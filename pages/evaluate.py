@@ -19,7 +19,7 @@ from pages._common import literal_names, show_error
 from pages._loaders import load_bundle
 from pages._model_choice import no_model_message, pick_model, run_label
 from pages._session import current_workspace, ensure_app_shell, runs
-from pages._paths import page_file
+from pages._common import page_file
 
 # An absolute path inside an error text (Keras and converters name the files they choke on): only its last part is
 # shown, since a hosted demo must not describe its server's folders.

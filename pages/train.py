@@ -20,7 +20,7 @@ from core.base.workspace import workspace_dir
 from pages._common import literal_names, require_train_profile, show_error
 from pages._loaders import device_info, need_dataset, overrides_file
 from pages._session import current_augmentation, current_workspace, ensure_app_shell, remember_run, selected_run_id
-from pages._paths import page_file
+from pages._common import page_file
 
 POLL_SECONDS = 2.0
 SEEN_STATE_KEY = "train_seen_state"  # (run id, state, active) at the last redraw, to notice a run changing state

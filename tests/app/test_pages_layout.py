@@ -10,8 +10,9 @@ REPO = Path(__file__).resolve().parents[2]
 PAGES = REPO / "pages"
 MAX_LINES = 250  # a helper module past this is holding more than one concern: split it by what it does
 # The shared helpers, lowest first: each may import only those before it (the sidebar reads the session and the
-# loaders, never the other way round). pages/_common.py is the bottom: messages every page shows the same way.
-SHARED = ["_common", "_session", "_loaders", "_model_choice", "_sidebar"]
+# loaders, never the other way round). pages/_common.py is the bottom: messages every page shows the same way, and
+# where the pages are; pages/_app.py the top: the app every entrypoint runs.
+SHARED = ["_common", "_session", "_loaders", "_model_choice", "_sidebar", "_app"]
 
 
 def helper_modules() -> list[Path]:

@@ -448,6 +448,8 @@ def upload_bench(photos: int = 2010, size: int = 112, zip_first: bool = False) -
     return results
 
 
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO_ROOT))  # run as a script (`python tests/helpers_ui.py newcomer`): import core
 if __name__ == "__main__" and sys.argv[1:] == ["newcomer"]:
     newcomer()
 if __name__ == "__main__" and sys.argv[1:2] == ["upload-bench"]:
